@@ -1,0 +1,107 @@
+# Every workflow of the course is a target here; each target installs what it needs first.
+#   make run      execute every lab's solution notebook (papermill), check thresholds, write a report
+#   make test     the whole test suite (what CI runs)
+#   make lab      JupyterLab for students on 127.0.0.1
+#   make release  regenerate labs/ from solutions/ with nbgrader
+# Variables: PROFILE=auto|cpu|cuda   FULL=1 (full-size parameters)   PYTEST_ARGS=...
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+LOCK := requirements/cpu.lock
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+PROFILE ?= auto
+PORT ?= 8888
+
+# torch's CPU wheel: from this machine's local wheel folder when it has one, else PyTorch's CPU index.
+WHEEL_DIR ?= /opt/wheels
+TORCH_SOURCE := $(if $(wildcard $(WHEEL_DIR)/torch-*.whl),--find-links $(WHEEL_DIR),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+
+# Offline and self-contained: caches inside the workspace, no model hub (see optcourse/paths.py).
+CACHE := $(CURDIR)/.cache
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HOME := $(CACHE)/huggingface
+export VLLM_CACHE_ROOT := $(CACHE)/vllm
+export VLLM_NO_USAGE_STATS := 1
+export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter/config
+export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
+export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
+export IPYTHONDIR := $(CACHE)/ipython
+export MPLCONFIGDIR := $(CACHE)/matplotlib
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help setup run test test-fast lab release lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean
+
+help:
+	@sed -n '1,8p' Makefile
+
+setup: $(STAMP)
+
+# The venv is rebuilt only when the lock or pyproject.toml change (the stamp's name hashes both).
+$(STAMP):
+	@start=$$(date +%s); \
+	test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	test -x $(UV) || $(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION); \
+	$(UV) pip sync --python $(PY) --quiet $(TORCH_SOURCE) $(LOCK) && \
+	$(UV) pip install --python $(PY) --quiet --no-deps -e . && \
+	rm -f $(VENV)/.installed-* && touch $@ && \
+	echo "environment ready in $$(( $$(date +%s) - start )) s ($(VENV), $(LOCK))"
+
+run: setup
+	$(PY) -m optcourse.runner --profile $(PROFILE) $(if $(FULL),--full) $(if $(INCLUDE),--include $(INCLUDE))
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not notebooks and not server and not slow" $(PYTEST_ARGS)
+
+lab: setup
+	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
+	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$$token"; \
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(PORT) --no-browser --ServerApp.token=$$token --notebook-dir labs
+
+release: setup
+	$(PY) -m optcourse.release
+
+# Regenerate the CPU lock (needs the network); vLLM's CPU build must come without torchvision,
+# torchaudio and torchcodec, whose PyPI builds pull CUDA.
+lock: $(UV)
+	$(UV) pip compile requirements/cpu.in --excludes requirements/cpu.excludes $(TORCH_SOURCE) \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-emit-find-links --no-emit-index-url -o $(LOCK)
+
+$(UV):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+
+models-digits: setup
+	$(PY) -m optcourse.models.digits
+
+# The small Llama: corpus and tokenizer here, training on a GPU (DEVICE=cuda) in a few minutes.
+models-llm: setup
+	$(PY) -m optcourse.models.train_llm corpus
+	$(PY) -m optcourse.models.train_llm tokenizer
+	$(PY) -m optcourse.models.train_llm train --device $(or $(DEVICE),cuda) --out optcourse/assets/course-llama
+
+quiz-validate: setup
+	$(PY) -m optcourse.quiz validate
+
+SEED ?= 2025
+STUDENTS ?= sample
+quiz-generate: setup
+	$(PY) -m optcourse.quiz generate --seed $(SEED) $(foreach s,$(STUDENTS),--student $(s)) --out build/quiz/students --key-dir quiz/keys
+
+RESPONSES ?= quiz/samples
+quiz-grade: setup
+	$(PY) -m optcourse.quiz grade --key quiz/keys --responses $(RESPONSES) --csv build/quiz/scores.csv --feedback build/quiz/feedback
+
+quiz-export: setup
+	$(PY) -m optcourse.quiz export --format gift --out build/quiz/bank.gift
+	$(PY) -m optcourse.quiz export --format qti --out build/quiz/bank_qti.zip
+
+clean:
+	rm -rf results build .pytest_cache

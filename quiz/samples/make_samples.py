@@ -1,0 +1,82 @@
+"""Rebuild the shipped sample quiz, key and responses (run from the repository root).
+
+    .venv/bin/python quiz/samples/make_samples.py
+
+The responses are written from the hand-chosen answers below, addressed by question
+number in the sample quiz (seed 2024, student "sample"). Their expected scores are
+computed by hand in tests/quiz/test_quiz_grading.py, not by the grader, so if the
+bank changes which questions are drawn, re-check those numbers.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parent
+SEED, STUDENT = 2024, "sample"
+
+# Question number -> answer. Comments give the credit the grader must award.
+PARTIAL_ANSWERS = {
+    1: "d",                      # single, lower case accepted: 1/1
+    2: 100,                      # numeric exact: 2/2
+    3: ["B", "C", "D", "E"],     # multi, 3 correct + 1 wrong of 3 correct: (3-1)/3*2 = 1.333
+    4: True,                     # true/false wrong: 0/1
+    5: "B",                      # single wrong: 0/1
+    6: "A", 7: True,             # 1 + 1
+    8: ["A", "B"],               # multi, 2 of 3 correct, no wrong: 2/3*2 = 1.333
+    9: "A", 10: "D",             # 1 + 1
+    11: "C",                     # wrong: 0
+    12: 18,                      # integer answer 19 with abs tolerance 0: 0/2
+    13: 0.00504,                 # 0.8% off, rel tolerance 1%: 2/2
+    14: ["A", "D", "E"],         # multi, 1 correct + 2 wrong: floored at 0
+    15: True,                    # 1
+    16: 0.5,                     # 0.5625 expected: 0/2
+    17: "A",                     # 1
+    18: 3.96,                    # 3.958 expected, within 1%: 2/2
+    19: "A",                     # 1
+    20: ["A", "C", "D"],         # multi all correct: 2/2
+    21: 4.8,                     # 4.686 expected, 2.4% off: 0/2
+    22: 16,                      # 2/2
+    23: ["C", "D"],              # multi 2 of 3: 1.333
+    24: "A",                     # 1
+    25: False,                   # wrong: 0
+}                                # total 23 of 37
+
+
+def main() -> None:
+    subprocess.run([sys.executable, "-m", "optcourse.quiz", "generate", "--seed", str(SEED), "--student", STUDENT,
+                    "--out", str(SAMPLES), "--key-dir", str(SAMPLES / "key")], check=True)
+    key = json.loads((SAMPLES / "key" / f"key_{STUDENT}.json").read_text(encoding="utf-8"))
+    by_number = {question["number"]: question for question in key["questions"]}
+    responses = SAMPLES / "responses"
+    responses.mkdir(exist_ok=True)
+
+    def write(name: str, answers: dict, quiz_id: str = key["quiz_id"]) -> str:
+        text = json.dumps({"format": "optcourse-quiz-response", "quiz_id": quiz_id, "student": STUDENT,
+                           "answers": answers}, indent=2) + "\n"
+        (responses / name).write_text(text, encoding="utf-8")
+        return text
+
+    perfect = {question["id"]: question["correct"] for question in key["questions"]}
+    perfect[by_number[18]["id"]] = 3.96   # rounded answers inside the tolerance still earn full credit
+    perfect[by_number[21]["id"]] = 4.686
+    perfect_text = write("perfect.json", perfect)
+    write("partial.json", {by_number[n]["id"]: answer for n, answer in PARTIAL_ANSWERS.items()})
+
+    broken = dict(perfect)
+    del broken[by_number[1]["id"]]               # missing (1 point)
+    broken[by_number[2]["id"]] = "100"           # number as string (2)
+    broken[by_number[3]["id"]] = "B,C,D"         # multi as string (2)
+    broken[by_number[4]["id"]] = "false"         # boolean as string (1)
+    broken[by_number[5]["id"]] = ["A"]           # single as list (1)
+    broken[by_number[11]["id"]] = "Z"            # label that does not exist (1)
+    broken[by_number[12]["id"]] = None           # explicit null = unanswered (2)
+    broken["l9-bogus"] = "A"                     # unknown question id: reported, ignored
+    write("missing_and_wrong_type.json", broken)  # 37 - 10 = 27
+    write("wrong_quiz_id.json", perfect, quiz_id="2023-sample-00000000")
+    (responses / "malformed.json").write_text(perfect_text[: len(perfect_text) // 2] + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
