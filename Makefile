@@ -15,6 +15,14 @@ LOCK := requirements/cpu.lock
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 PROFILE ?= auto
 PORT ?= 8888
+IP ?= 127.0.0.1
+
+# ENV_READY=1: an environment made elsewhere (the conda env of environment.yml, the Docker image)
+# is active; use its python and skip the CPU set-up.
+ifdef ENV_READY
+PY := python
+STAMP :=
+endif
 
 # torch's CPU wheel: from this machine's local wheel folder when it has one, else PyTorch's CPU index.
 WHEEL_DIR ?= /opt/wheels
@@ -63,16 +71,18 @@ test-fast: setup
 lab: setup
 	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
 	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$$token"; \
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(PORT) --no-browser --ServerApp.token=$$token --notebook-dir labs
+	$(PY) -m jupyterlab --ip $(IP) --port $(PORT) --no-browser --ServerApp.token=$$token --notebook-dir labs
 
 release: setup
 	$(PY) -m optcourse.release
 
-# Regenerate the CPU lock (needs the network); vLLM's CPU build must come without torchvision,
-# torchaudio and torchcodec, whose PyPI builds pull CUDA.
+# Re-resolve both locks (needs the network). vLLM's CPU build must come without torchvision,
+# torchaudio and torchcodec, whose PyPI builds pull CUDA. environment.yml repeats gpu.lock's direct pins.
 lock: $(UV)
 	$(UV) pip compile requirements/cpu.in --excludes requirements/cpu.excludes $(TORCH_SOURCE) \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-emit-find-links --no-emit-index-url -o $(LOCK)
+	$(UV) pip compile requirements/gpu.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --no-emit-index-url -o requirements/gpu.lock
 
 $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

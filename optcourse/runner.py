@@ -53,6 +53,11 @@ def discover(groups: list[str], only: str | None = None, root: pathlib.Path = RE
     return [p for p in paths if ".ipynb_checkpoints" not in p.parts]
 
 
+def display_path(path: pathlib.Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def notebook_name(path: pathlib.Path) -> str:
     return path.stem
 
@@ -62,7 +67,7 @@ def describe_failure(err: Exception) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(err, PapermillExecutionError):
-        return f"cell {err.exec_count} raised {err.ename}: {err.evalue}"[:500]
+        return f"cell In [{err.exec_count}] of the executed notebook raised {err.ename}: {err.evalue}"[:500]
     return f"{type(err).__name__}: {err}"[:500]
 
 
@@ -91,8 +96,9 @@ def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool
     return run
 
 
-def summarize(runs: list[NotebookRun], profile: str, extra_rows: list[dict] | None = None) -> list[dict]:
-    thresholds = load_thresholds(profile)
+def summarize(runs: list[NotebookRun], profile: str, extra_rows: list[dict] | None = None,
+              thresholds_dir: pathlib.Path | None = None) -> list[dict]:
+    thresholds = load_thresholds(profile, thresholds_dir) if thresholds_dir else load_thresholds(profile)
     rows = []
     for run in runs:
         rows.append({"item": run.name, "metric": "executes", "measured": round(run.seconds, 1),
@@ -164,7 +170,7 @@ def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Pat
     md += ["## Notebooks", ""]
     for run in runs:
         rel = run.output.relative_to(out_dir)
-        md.append(f"- `{run.path.relative_to(REPO_ROOT)}` → [{rel}]({rel}) — {run.seconds:.1f} s, "
+        md.append(f"- `{display_path(run.path)}` → [{rel}]({rel}) — {run.seconds:.1f} s, "
                   f"{'ok' if run.ok else 'FAILED: ' + run.error}")
     md += ["", "## System", "", "```json", json.dumps(system, indent=2), "```", ""]
     report_md = out_dir / "report.md"
@@ -207,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="run only notebooks whose path contains this text")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR / "run")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--notebook", type=pathlib.Path, action="append", default=[],
+                        help="run this notebook (repeatable) instead of discovering them")
+    parser.add_argument("--thresholds-dir", type=pathlib.Path, default=None,
+                        help="folder with <profile>.yaml (default: autograder/thresholds)")
     args = parser.parse_args(argv)
     try:
         profile = resolve_profile(args.profile)
@@ -222,14 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     caps = capabilities()
     print(f"profile {profile}: torch {caps['torch']}, onnxruntime {caps['onnxruntime']} {caps['ort_providers']}, "
           f"TensorRT {caps['tensorrt'] or 'not installed'}, vLLM {caps['vllm'] or 'not installed'}")
-    notebooks = discover([g for g in groups if g in GROUPS], args.only)
+    notebooks = args.notebook or discover([g for g in groups if g in GROUPS], args.only)
+    missing = [p for p in notebooks if not p.exists()]
+    if missing:
+        print(f"error: notebook(s) not found: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
     runs = []
     for i, path in enumerate(notebooks, 1):
-        print(f"[{i}/{len(notebooks)}] {path.relative_to(REPO_ROOT)} ...", flush=True)
+        print(f"[{i}/{len(notebooks)}] {display_path(path)} ...", flush=True)
         run = execute(path, args.out, profile, smoke=not args.full, cell_timeout=args.cell_timeout)
         print(f"    {'ok' if run.ok else 'FAILED: ' + run.error} ({run.seconds:.1f} s)", flush=True)
         runs.append(run)
-    rows = summarize(runs, profile, quiz_rows(args.out) if "quiz" in groups else [])
+    rows = summarize(runs, profile, quiz_rows(args.out) if "quiz" in groups else [], args.thresholds_dir)
     report = write_report(rows, runs, args.out, profile, smoke=not args.full)
     print()
     print(format_table(rows))

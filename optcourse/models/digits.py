@@ -103,6 +103,7 @@ def train_digits_resnet(epochs: int = 8, batch_size: int = 64, lr: float = 2e-3,
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         gen = torch.Generator().manual_seed(seed)
         start = time.time()
+        losses = []
         bar = tqdm(range(epochs), desc="train digits ResNet", disable=not progress)
         for _ in bar:
             model.train()
@@ -117,8 +118,10 @@ def train_digits_resnet(epochs: int = 8, batch_size: int = 64, lr: float = 2e-3,
                 loss.backward()
                 opt.step()
                 sched.step()
+                losses.append(loss.item())
             bar.set_postfix(loss=round(loss.item(), 4))
         report = {"epochs": epochs, "seconds": round(time.time() - start, 1),
+                  "first_loss": losses[0], "last_epoch_loss": float(np.mean(losses[-len(losses) // epochs:])),
                   "test_accuracy": accuracy(model, x_test, y_test), "width": width, "seed": seed}
     finally:
         torch.set_num_threads(threads)

@@ -1,0 +1,25 @@
+# GPU image for students and graders: the conda environment of environment.yml on a CUDA host.
+#   docker build -t optcourse .
+#   docker run --gpus all -p 127.0.0.1:8888:8888 optcourse            # JupyterLab (token printed)
+#   docker run --gpus all optcourse make run PROFILE=cuda FULL=1      # the GPU runner
+# CUDA libraries come with the wheels (torch, tensorrt-cu13, onnxruntime-gpu); the host provides
+# the NVIDIA driver through the NVIDIA Container Toolkit.
+FROM mambaorg/micromamba:2.3.3-ubuntu24.04
+
+USER root
+RUN apt-get update && apt-get install -y --no-install-recommends make git build-essential \
+    && rm -rf /var/lib/apt/lists/*
+USER $MAMBA_USER
+
+WORKDIR /home/$MAMBA_USER/course
+COPY --chown=$MAMBA_USER:$MAMBA_USER environment.yml requirements/ ./requirements-src/
+RUN micromamba install -y -n base -f requirements-src/environment.yml && micromamba clean --all --yes
+COPY --chown=$MAMBA_USER:$MAMBA_USER . .
+ARG MAMBA_DOCKERFILE_ACTIVATE=1
+RUN pip install --no-deps -e .
+
+# Offline by design: models ship with the repository and its packages; caches stay in the workspace.
+ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PROFILE=cuda ENV_READY=1
+EXPOSE 8888
+# inside the container JupyterLab listens on all interfaces; publish it on the host's loopback only
+CMD ["bash", "-lc", "make lab IP=0.0.0.0 PORT=8888"]

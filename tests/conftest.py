@@ -1,0 +1,44 @@
+"""Shared fixtures. Importing optcourse sets the offline environment (HF_HUB_OFFLINE=1, caches in .cache)."""
+import pathlib
+
+import pytest
+
+import optcourse  # noqa: F401  (sets the offline environment for every test)
+from optcourse.paths import REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+    return REPO_ROOT
+
+
+class NotebookExecutions:
+    """Executes each notebook once per test session (smoke parameters) and keeps the result.
+
+    Several tests look at one notebook's execution (its outputs, its metrics, its thresholds); a
+    notebook takes minutes, so it runs once and the tests share the run.
+    """
+
+    def __init__(self, out_dir: pathlib.Path):
+        self.out_dir = out_dir
+        self.runs = {}
+
+    def __call__(self, path: pathlib.Path):
+        from optcourse.runner import execute
+
+        path = pathlib.Path(path).resolve()
+        if path not in self.runs:
+            self.runs[path] = execute(path, self.out_dir, profile=self.profile, smoke=True, cell_timeout=900)
+        return self.runs[path]
+
+    @property
+    def profile(self) -> str:
+        from optcourse.hardware import resolve_profile
+
+        return resolve_profile("auto")
+
+
+@pytest.fixture(scope="session")
+def executed_notebook(tmp_path_factory):
+    """``executed_notebook(path)`` -> optcourse.runner.NotebookRun (``.output`` is the executed notebook)."""
+    return NotebookExecutions(tmp_path_factory.mktemp("notebook-runs"))

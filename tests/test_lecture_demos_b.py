@@ -1,0 +1,177 @@
+"""Unit tests of optcourse.lecture_demos_b (seconds; no timings asserted)."""
+import math
+
+import pytest
+import torch
+
+from optcourse import lecture_demos_b as lb
+
+
+def test_lora_starts_at_base_and_merges_exactly():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 12)
+    layer = lb.LoRALinear(base, r=4, alpha=8)
+    x = torch.randn(5, 16)
+    assert torch.allclose(layer(x), base(x))  # B = 0 at init
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert not torch.allclose(layer(x), base(x))
+    assert torch.allclose(layer.merged()(x), layer(x), atol=1e-5)
+    assert not base.weight.requires_grad and layer.lora_A.requires_grad
+
+
+def test_apply_lora_freezes_and_counts():
+    model = torch.nn.Sequential()
+    model.add_module("q_proj", torch.nn.Linear(8, 8, bias=False))
+    model.add_module("o_proj", torch.nn.Linear(8, 8, bias=False))
+    wrapped = lb.apply_lora(model, ("q_proj",), r=2)
+    assert wrapped == ["q_proj"]
+    trainable, total = lb.count_parameters(model)
+    assert trainable == 2 * 8 + 8 * 2 and total == 128 + trainable
+    assert lb.merge_lora(model) == 1 and not any(isinstance(m, lb.LoRALinear) for m in model.modules())
+
+
+def test_nf4_construction_matches_published_levels():
+    assert torch.allclose(lb.nf4_codebook(), lb.NF4_LEVELS, atol=1e-4)
+
+
+def test_nf4_beats_int4_on_normal_weights_and_double_quant_saves_bits():
+    torch.manual_seed(0)
+    w = torch.randn(256, 256) * 0.02
+    err = {}
+    for name, cb in (("nf4", lb.NF4_LEVELS), ("int4", lb.int4_codebook())):
+        q = lb.quantize_nf4(w, 64, codebook=cb)
+        assert q.codes.max() < len(cb)
+        err[name] = (lb.dequantize_nf4(q) - w).pow(2).mean().item()
+    assert err["nf4"] < err["int4"]
+    q = lb.quantize_nf4(w, 64)
+    dq = lb.quantize_nf4(w, 64, double_quant=True)
+    assert q.bits_per_parameter == pytest.approx(4.5)
+    assert dq.bits_per_parameter == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
+    assert (lb.dequantize_nf4(dq) - w).pow(2).mean().item() < 1.05 * err["nf4"]
+
+
+def test_quantize_handles_ragged_sizes():
+    w = torch.randn(7, 13)
+    back = lb.dequantize_nf4(lb.quantize_nf4(w, 64))
+    assert back.shape == w.shape and (back - w).abs().max() < 0.5 * w.abs().max()
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    target = LlamaForCausalLM(cfg).eval()
+    draft = LlamaForCausalLM(LlamaConfig(**{**cfg.to_dict(), "num_hidden_layers": 1})).eval()
+    return target, draft
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_speculative_greedy_equals_target_greedy(tiny_models, k):
+    target, draft = tiny_models
+    prompt = [1, 5, 9, 13, 2]
+    ref = lb.greedy_decode(target, prompt, 30)
+    res = lb.speculative_greedy(target, draft, prompt, 30, k=k)
+    assert res.tokens == ref
+    assert res.rounds <= 30 and res.drafted == k * res.rounds
+    # the target itself as draft accepts everything: k + 1 tokens per verification pass
+    res_self = lb.speculative_greedy(target, target, prompt, 30, k=k)
+    assert res_self.tokens == ref and res_self.acceptance_rate == 1.0
+
+
+def test_expected_speedup_formula():
+    assert lb.expected_speedup(0.0, 4, 0.0) == pytest.approx(1.0)
+    assert lb.expected_speedup(1.0, 4, 0.0) == pytest.approx(5.0)
+    assert lb.expected_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8 ** 5) / 0.2 / 1.4)
+
+
+def test_speculative_sampling_preserves_target_distribution():
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    samples = lb.speculative_sample(p, q, 200_000, g)
+    freq = torch.bincount(samples, minlength=4).float() / len(samples)
+    assert (freq - p).abs().sum() / 2 < 0.01
+    assert (freq - q).abs().sum() / 2 > 0.3
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,m", [(100, 100), (37, 90)])
+def test_tiled_attention_matches_naive_and_sdpa(causal, n, m):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, n, 16), torch.randn(2, 3, m, 16), torch.randn(2, 3, m, 16)
+    ref = lb.naive_attention(q, k, v, causal=causal)
+    out = lb.tiled_attention(q, k, v, block_q=32, block_k=24, causal=causal)
+    assert torch.allclose(out, ref, atol=1e-5)
+    if n == m:
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        assert torch.allclose(out, sdpa, atol=1e-5)
+
+
+def _workload():
+    return [lb.Request(i, arrival=i * 5.0, prompt_len=20, output_len=[5, 40][i % 2], priority=i % 3)
+            for i in range(12)]
+
+
+def test_continuous_batching_beats_static_and_conserves_tokens():
+    reqs = _workload()
+    results = {}
+    for policy in ("static", "continuous"):
+        traces, log = lb.simulate_batching(reqs, policy=policy, max_batch=4)
+        for r in reqs:
+            tr = traces[r.rid]
+            assert len(tr.token_times) == r.output_len and tr.finish >= tr.first_token > r.arrival
+        assert all(len(it["running"]) <= 4 for it in log)
+        results[policy] = sum(t.latency for t in traces.values()) / len(reqs)
+    assert results["continuous"] < results["static"]
+
+
+def test_static_batch_admits_nothing_until_batch_done():
+    reqs = [lb.Request(0, 0, 4, 50), lb.Request(1, 0, 4, 2), lb.Request(2, 1, 4, 2)]
+    traces, _ = lb.simulate_batching(reqs, policy="static", max_batch=2)
+    assert traces[2].start >= traces[0].finish
+    traces, _ = lb.simulate_batching(reqs, policy="continuous", max_batch=2)
+    assert traces[2].start < traces[0].finish
+
+
+def test_chunked_prefill_limits_iteration_tokens_and_decode_stalls():
+    reqs = [lb.Request(0, 0, 8, 60), lb.Request(1, 30, 2000, 2)]
+    plain, _ = lb.simulate_batching(reqs, max_batch=4)
+    chunked, log = lb.simulate_batching(reqs, max_batch=4, token_budget=256)
+    assert max(it["tokens"] for it in log) <= 256
+    assert chunked[0].max_itl < plain[0].max_itl
+    assert len(chunked[1].token_times) == 2
+
+
+def test_priority_order_serves_important_requests_first():
+    reqs = [lb.Request(0, 0, 4, 30)] + [lb.Request(i, 1, 4, 10, priority=1 if i < 4 else 0) for i in range(1, 7)]
+    traces, _ = lb.simulate_batching(reqs, max_batch=2, order="priority")
+    assert max(traces[i].start for i in (4, 5, 6)) < min(traces[i].start for i in (1, 2, 3))
+
+
+def test_paged_cache_block_tables_and_prefix_hits():
+    cache = lb.PagedKVCache(num_blocks=10, block_size=4)
+    system = list(range(8))
+    assert cache.allocate(1, system + [100, 101, 102]) == 0
+    assert len(cache.tables[1]) == 3 and cache.used_blocks == 3
+    assert cache.allocate(2, system + [200]) == 8  # two shared full blocks
+    assert cache.tables[2][:2] == cache.tables[1][:2] and cache.used_blocks == 4
+    cache.append(1, 103)  # fills block 3 of seq 1
+    cache.append(1, 104)  # needs a new block
+    assert len(cache.tables[1]) == 4 and cache.slot(1, 12) == (cache.tables[1][3], 0)
+    cache.free_sequence(1)
+    cache.free_sequence(2)
+    assert cache.used_blocks == 0
+    assert cache.allocate(3, system + [9]) == 8  # cached content survives freeing
+    with pytest.raises(lb.OutOfBlocks):
+        cache.allocate(4, list(range(1000, 1000 + 4 * 20)))
+    assert cache.used_blocks == 3  # the failed allocation gave its blocks back
+
+
+def test_paged_cache_without_prefix_caching_never_hits():
+    cache = lb.PagedKVCache(num_blocks=8, block_size=4, prefix_caching=False)
+    assert cache.allocate(1, list(range(8))) == 0
+    assert cache.allocate(2, list(range(8))) == 0 and cache.used_blocks == 4

@@ -1,0 +1,115 @@
+"""The streaming load generator against a tiny fake OpenAI-compatible SSE server on 127.0.0.1."""
+
+import http.server
+import json
+import math
+import threading
+import time
+
+import pytest
+
+from optcourse import loadgen
+
+TOKENS = 5
+DELAY = 0.01
+
+
+class FakeCompletions(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body.get("model") != "fake" or not body.get("stream"):
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b'{"error": "bad request"}')
+            return
+        n = int(body["max_tokens"])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        time.sleep(2 * DELAY)                      # "prefill"
+        for i in range(n):
+            chunk = {"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+            time.sleep(DELAY)
+        usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}}
+        self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeCompletions)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_one_streamed_request_is_timed_token_by_token(fake_server):
+    r = loadgen.stream_completion(fake_server, "fake", "hello", TOKENS)
+    assert r.ok, r.error
+    assert r.output_tokens == TOKENS and r.prompt_tokens == 3
+    assert r.text == "".join(f" t{i}" for i in range(TOKENS))
+    assert len(r.itl_s) == TOKENS - 1 and all(g >= 0 for g in r.itl_s)
+    assert 0 < r.ttft_s <= r.e2e_s
+    assert math.isclose(r.ttft_s + sum(r.itl_s), r.e2e_s, rel_tol=1e-6)
+    assert math.isclose(r.tpot_s, (r.e2e_s - r.ttft_s) / (TOKENS - 1))
+
+
+def test_http_errors_are_reported_not_raised(fake_server):
+    r = loadgen.stream_completion(fake_server, "other-model", "hello", 3)
+    assert not r.ok and "HTTP 400" in r.error and math.isnan(r.tpot_s)
+    dead = loadgen.stream_completion("http://127.0.0.1:9", "fake", "hello", 3, timeout_s=2)
+    assert not dead.ok and dead.error
+
+
+def test_run_load_is_bounded_and_concurrent(fake_server):
+    res = loadgen.run_load(fake_server, "fake", ["a", "b", "c"], max_tokens=TOKENS, concurrency=4, num_requests=10)
+    assert len(res.results) == 10 and all(r.ok for r in res.results)
+    assert [r.index for r in res.results] == list(range(10))
+    s = res.summary()
+    assert s["completed"] == 10 and s["failed"] == 0 and s["output_tokens"] == 10 * TOKENS
+    assert math.isclose(s["output_tokens_per_s"], 10 * TOKENS / res.duration_s)
+    assert s["ttft_p50_ms"] <= s["ttft_p99_ms"] and s["e2e_p50_ms"] >= s["ttft_p50_ms"]
+    # with 4 in flight, the run is faster than 10 requests one after the other
+    sequential = sum(r.e2e_s for r in res.results)
+    assert res.duration_s < sequential
+    # the time limit stops issuing new requests
+    limited = loadgen.run_load(fake_server, "fake", ["a"], max_tokens=TOKENS, concurrency=1, num_requests=1000,
+                               time_limit_s=0.2)
+    assert 1 <= len(limited.results) < 1000
+
+
+def test_summary_percentiles_use_the_right_series():
+    def fake(i, ttft, gaps, ok=True):
+        return loadgen.RequestResult(index=i, ok=ok, ttft_s=ttft, itl_s=list(gaps), e2e_s=ttft + sum(gaps),
+                                     output_tokens=len(gaps) + 1)
+
+    results = [fake(0, 0.1, [0.01] * 3), fake(1, 0.3, [0.02]), fake(2, 0.2, [0.05, 0.05]), fake(3, 5.0, [], ok=False)]
+    s = loadgen.summarize(results, duration_s=2.0)
+    assert s["completed"] == 3 and s["failed"] == 1
+    assert math.isclose(s["ttft_p50_ms"], 200.0)
+    assert math.isclose(s["itl_p50_ms"], 15.0)          # pooled gaps: .01 .01 .01 .02 .05 .05
+    assert math.isclose(s["tpot_p50_ms"], 20.0)         # per request: 10, 20, 50 ms
+    assert math.isclose(s["e2e_mean_ms"], (130 + 320 + 300) / 3)
+    assert math.isclose(s["output_tokens_per_s"], (4 + 2 + 3) / 2.0)
+    empty = loadgen.summarize([], 1.0)
+    assert empty["completed"] == 0 and math.isnan(empty["ttft_p50_ms"])
+    assert loadgen.percentiles([1.0, 2.0, 3.0, float("nan")])["p50"] == 2.0
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://example.com", "https://127.0.0.1:1"])
+def test_only_loopback_is_allowed(url):
+    with pytest.raises(ValueError):
+        loadgen.run_load(url, "fake", ["a"], num_requests=1)
+
+
+def test_loopback_forms_are_accepted():
+    for url in ("http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1"):
+        loadgen.check_loopback(url)

@@ -1,0 +1,49 @@
+import json
+import math
+
+import pytest
+
+from optcourse import metrics
+
+
+def test_recorder_writes_json_after_each_record(tmp_path):
+    path = tmp_path / "m.json"
+    rec = metrics.MetricsRecorder("labx", path, "cpu")
+    rec.record("speedup", 2.5, unit="x", spread=[2.1, 2.9])
+    data = json.loads(path.read_text())
+    assert data["notebook"] == "labx" and data["profile"] == "cpu"
+    assert data["metrics"]["speedup"] == {"value": 2.5, "unit": "x", "spread": [2.1, 2.9]}
+    rec.record("accuracy", 0.99)
+    assert set(metrics.read_metrics(path)) == {"speedup", "accuracy"}
+
+
+def test_recorder_rejects_nan(tmp_path):
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.MetricsRecorder("labx", tmp_path / "m.json").record("x", math.nan)
+
+
+def test_check_thresholds_min_max_and_missing():
+    thresholds = {"labx": {"speedup": {"min": 1.5}, "drop": {"max": 0.01}, "acc": {"min": 0.9, "max": 1.0},
+                           "unreported": {"min": 0}}}
+    got = {"speedup": {"value": 1.4}, "drop": {"value": 0.005}, "acc": {"value": 0.95}}
+    rows = {r["metric"]: r for r in metrics.check_thresholds("labx", got, thresholds)}
+    assert rows["speedup"]["passed"] is False and rows["speedup"]["threshold"] == ">= 1.5"
+    assert rows["drop"]["passed"] is True
+    assert rows["acc"]["passed"] is True and rows["acc"]["threshold"] == ">= 0.9 and <= 1"
+    assert rows["unreported"]["passed"] is False and rows["unreported"]["measured"] is None
+
+
+def test_threshold_files_exist_for_every_profile_and_are_valid():
+    for profile in ("cpu", "cuda"):
+        data = metrics.load_thresholds(profile)
+        assert isinstance(data, dict)
+
+
+def test_unknown_profile_and_bad_rule(tmp_path):
+    with pytest.raises(ValueError, match="unknown hardware profile"):
+        metrics.load_thresholds("tpu")
+    (tmp_path / "cpu.yaml").write_text("labx:\n  speedup: 2\n")
+    with pytest.raises(ValueError, match="min.*max"):
+        metrics.load_thresholds("cpu", tmp_path)
+    with pytest.raises(FileNotFoundError):
+        metrics.load_thresholds("cuda", tmp_path)

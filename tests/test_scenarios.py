@@ -1,0 +1,125 @@
+"""optcourse.scenarios: MLPerf-style scenarios and statistics (fast; no assertions on real timings)."""
+import math
+
+import numpy as np
+import pytest
+
+from optcourse import scenarios
+from optcourse.bench import Stats
+
+
+def test_poisson_arrivals_have_mean_gap_one_over_qps():
+    arr = scenarios.poisson_arrivals(200.0, 20000, seed=1)
+    gaps = np.diff(np.concatenate([[0.0], arr]))
+    assert np.all(gaps > 0)
+    assert gaps.mean() == pytest.approx(1 / 200.0, rel=0.03)
+    # exponential gaps: std equals mean (a fixed-rate generator would have std 0)
+    assert gaps.std() == pytest.approx(1 / 200.0, rel=0.05)
+    assert len(arr) / arr[-1] == pytest.approx(200.0, rel=0.03)
+
+
+def test_poisson_arrivals_reject_bad_rate_and_are_reproducible():
+    with pytest.raises(ValueError):
+        scenarios.poisson_arrivals(0, 10)
+    assert np.array_equal(scenarios.poisson_arrivals(5, 10, seed=3), scenarios.poisson_arrivals(5, 10, seed=3))
+
+
+def test_fifo_latencies_queue_by_hand():
+    # arrivals 0, 1, 1.5; service 2 each: starts 0, 2, 4 -> finishes 2, 4, 6
+    lat = scenarios.fifo_latencies([0.0, 1.0, 1.5], [2.0, 2.0, 2.0])
+    assert lat.tolist() == [2.0, 3.0, 4.5]
+    # two servers: starts 0, 1, 2 -> finishes 2, 3, 4
+    lat2 = scenarios.fifo_latencies([0.0, 1.0, 1.5], [2.0, 2.0, 2.0], workers=2)
+    assert lat2.tolist() == [2.0, 2.0, 2.5]
+    with pytest.raises(ValueError):
+        scenarios.fifo_latencies([0.0], [1.0, 2.0])
+
+
+def test_simulated_server_matches_md1_queue_theory():
+    # M/D/1 mean waiting time = rho * s / (2 (1 - rho)); at rho 0.5 and s = 1 ms: 0.5 ms wait
+    res = scenarios.simulate_server([1.0], qps=500, latency_bound_ms=100, queries=40000, seed=0)
+    assert res.latency.mean == pytest.approx(1.5, rel=0.05)
+    assert res.valid and res.mode == "simulated"
+    assert res.tail_ms == pytest.approx(res.latency.percentile(99))
+
+
+def test_find_max_qps_is_below_saturation_and_meets_the_bound():
+    service = [1.0] * 50 + [2.0] * 50  # mean 1.5 ms -> saturation at 666 QPS
+    qps, tried = scenarios.find_max_qps(service, latency_bound_ms=10, queries=4000)
+    assert 0 < qps < 1000 / 1.5
+    assert scenarios.simulate_server(service, qps, 10, queries=4000).valid
+    assert not scenarios.simulate_server(service, qps * 1.1, 10, queries=4000).valid
+    assert tried and all(isinstance(t, scenarios.ServerResult) for t in tried)
+    # a bound below the service time itself: no QPS meets it
+    assert scenarios.find_max_qps(service, latency_bound_ms=0.5)[0] == 0.0
+
+
+def test_run_server_with_a_fake_clock_counts_queueing_delay():
+    t = [0.0]
+    clock = lambda: t[0]  # noqa: E731
+
+    def sleep(s):
+        t[0] += s
+
+    def fn():
+        t[0] += 0.010  # 10 ms of service
+
+    # 1000 QPS against a 10 ms server: the queue grows, latencies grow well past the service time
+    res = scenarios.run_server(fn, qps=1000, latency_bound_ms=50, duration_s=0.2, warmup=0, sync=False,
+                               clock=clock, sleep=sleep, spin_s=0.0)
+    assert res.mode == "measured" and res.latency.n == 200
+    assert res.latency.min >= 10.0 - 1e-9 and res.latency.max > 1000
+    assert not res.valid
+    # 10 QPS: the server is mostly idle; most latencies are the service time alone
+    t[0] = 0.0
+    res = scenarios.run_server(fn, qps=10, latency_bound_ms=50, duration_s=20, warmup=0, sync=False,
+                               clock=clock, sleep=sleep, spin_s=0.0)
+    assert res.valid and res.latency.n == 200
+    assert res.latency.percentile(50) == pytest.approx(10.0, abs=1e-6) and res.latency.min == pytest.approx(10.0)
+
+
+def test_run_server_for_real_is_bounded():
+    res = scenarios.run_server(lambda: None, qps=2000, latency_bound_ms=5, duration_s=0.05, warmup=0, sync=False)
+    assert res.latency.n == 100 and res.achieved_qps > 0
+
+
+def test_single_stream_and_offline_shapes():
+    calls = []
+    ss = scenarios.single_stream(lambda: calls.append(1), queries=30, warmup=2, sync=False)
+    assert ss.scenario == "SingleStream" and ss.latency.n == 30 and len(calls) == 32
+    assert ss.p90_ms == pytest.approx(ss.latency.percentile(90))
+    off = scenarios.offline(lambda: None, batch_size=16, repeat=5, warmup=0, sync=False)
+    assert off.scenario == "Offline" and off.details["samples"] == 80 and off.throughput > 0
+    assert set(off.as_dict()) >= {"scenario", "throughput", "p90_ms", "batch_size"}
+
+
+def test_bootstrap_speedup_ci_brackets_the_true_ratio():
+    rng = np.random.default_rng(0)
+    a = 2.0 + rng.exponential(0.1, 300)
+    b = 1.0 + rng.exponential(0.05, 300)
+    point, lo, hi = scenarios.bootstrap_speedup_ci(a, b, n_boot=500)
+    assert lo < point < hi and lo > 1.8 and hi < 2.2
+    # identical distributions: the interval contains 1
+    _, lo, hi = scenarios.bootstrap_speedup_ci(a, rng.permutation(a), n_boot=500)
+    assert lo <= 1.0 <= hi
+
+
+def test_mann_whitney_direction_and_effect_size():
+    a = np.arange(100, 200, dtype=float)
+    b = np.arange(0, 100, dtype=float)
+    res = scenarios.mann_whitney(a, b)  # is B faster (smaller times)?
+    assert res["p_value"] < 1e-10 and res["p_a_greater"] == pytest.approx(1.0)
+    assert scenarios.mann_whitney(b, a)["p_value"] > 0.99
+
+
+def test_cost_per_million():
+    # 1000 requests/s at $3.60/h: 1M requests take 1000 s = 1/3.6 h -> $1
+    assert scenarios.cost_per_million(1000, 3.6) == pytest.approx(1.0)
+    assert scenarios.cost_per_million(2000, 3.6) == pytest.approx(0.5)
+    assert math.isinf(scenarios.cost_per_million(0, 3.6))
+
+
+def test_server_result_as_dict():
+    res = scenarios.ServerResult(10.0, Stats([1.0, 2.0, 3.0]), 2.5, 99, "simulated")
+    d = res.as_dict()
+    assert d["valid"] is False and d["p99_ms"] == pytest.approx(np.percentile([1, 2, 3], 99))

@@ -1,0 +1,89 @@
+"""Real vLLM (CPU build here, GPU build on a GPU machine) serving the course model through VLLMServer.
+
+One server start for the whole module (a start costs 30-120 s on 2 cores): it answers a completion,
+streams through the load generator, exposes its KV cache configuration in /metrics, and leaves no
+process behind when stopped. ``--enforce-eager`` with an explicit KV cache size skips torch.compile and
+the warm-up pass, the fastest start vLLM has.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+from optcourse import kvcache, loadgen
+from optcourse.models.llm import LLM_DIR
+from optcourse.serving import ServerError, VLLMServer
+
+pytestmark = [pytest.mark.server,
+              pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]
+
+KV_BLOCKS = 64
+BLOCK = 128   # vLLM's default block size on CPU; on GPUs it is 16 (the test reads it back either way)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    kv_bytes = KV_BLOCKS * BLOCK * kvcache.kv_bytes_per_token(8, 2, 64, 2)
+    srv = VLLMServer(LLM_DIR, ["--max-model-len", "512", "--dtype", "bfloat16", "--enforce-eager",
+                               "--max-num-seqs", "8", "--kv-cache-memory-bytes", str(kv_bytes)],
+                     kv_cache_space_gib=None, startup_timeout=900,
+                     log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        if srv.process is not None:
+            assert not group_alive(srv.process.pid), "a vLLM process outlived stop()"
+
+
+@pytest.mark.timeout(1200)
+def test_completion(server):
+    assert server.healthy()
+    reply = server.complete("def parse(", max_tokens=12)
+    assert reply["model"] == "course-llama"
+    assert reply["usage"]["completion_tokens"] == 12 and reply["choices"][0]["text"]
+    again = server.complete("def parse(", max_tokens=12)
+    assert again["choices"][0]["text"] == reply["choices"][0]["text"], "greedy decoding is deterministic"
+
+
+@pytest.mark.timeout(300)
+def test_streaming_load_and_metrics(server):
+    res = loadgen.run_load(server.url, "course-llama", ["import os", "class Foo:", "def bar(x):"], max_tokens=16,
+                           concurrency=3, num_requests=6, ignore_eos=True, time_limit_s=120)
+    assert all(r.ok for r in res.results), [r.error for r in res.results]
+    assert all(r.output_tokens == 16 and len(r.itl_s) >= 1 for r in res.results)
+    s = res.summary()
+    assert s["completed"] == 6 and s["output_tokens_per_s"] > 0
+    m = server.metrics()
+    (info,) = [k for k in m if k.startswith("vllm:cache_config_info")]
+    labels = dict(part.split("=", 1) for part in info[info.index("{") + 1:-1].replace('"', "").split(","))
+    block = int(labels["block_size"])
+    assert int(labels["kv_cache_size_tokens"]) == int(labels["num_gpu_blocks"]) * block
+    assert int(labels["kv_cache_size_tokens"]) == kvcache.tokens_in_budget(
+        int(labels["kv_cache_memory_bytes"]), kvcache.kv_bytes_per_token(8, 2, 64, 2), block)
+    generated = sum(v for k, v in m.items() if k.startswith("vllm:generation_tokens_total"))
+    assert generated >= 6 * 16
+
+
+@pytest.mark.timeout(600)
+def test_a_failed_start_raises_and_leaves_nothing(tmp_path):
+    srv = VLLMServer(LLM_DIR, ["--no-such-option"], kv_cache_space_gib=None, startup_timeout=600,
+                     log_path=tmp_path / "bad.log")
+    with pytest.raises(ServerError, match="exited"):
+        srv.start()
+    srv.stop()
+    assert srv.process.poll() is not None and not group_alive(srv.process.pid)
+    # and a stop() of a server that never started is harmless
+    VLLMServer(LLM_DIR).stop()
