@@ -88,6 +88,12 @@ $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 
+# Grade a class: make autograde LAB=lab02_quantization [SUBMISSIONS=autograder/submitted|class.zip] [WORKERS=2]
+SUBMISSIONS ?= autograder/submitted
+autograde: setup
+	@test -n "$(LAB)" || { echo "usage: make autograde LAB=<lab> [SUBMISSIONS=folder-or-zip]"; exit 2; }
+	$(PY) -m optcourse.autograde $(LAB) $(SUBMISSIONS) --db sqlite:///$(CURDIR)/autograder/gradebook.db $(if $(WORKERS),--workers $(WORKERS))
+
 models-digits: setup
 	$(PY) -m optcourse.models.digits
 

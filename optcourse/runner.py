@@ -37,6 +37,7 @@ class NotebookRun:
     path: pathlib.Path
     output: pathlib.Path
     metrics_path: pathlib.Path
+    artifacts: pathlib.Path
     seconds: float = 0.0
     ok: bool = False
     error: str = ""
@@ -76,14 +77,13 @@ def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool
     import papermill
 
     name = notebook_name(path)
-    run = NotebookRun(name, path, out_dir / "notebooks" / path.name, out_dir / "metrics" / f"{name}.json")
-    run.output.parent.mkdir(parents=True, exist_ok=True)
-    run.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    run = NotebookRun(name, path, out_dir / "notebooks" / path.name, out_dir / "metrics" / f"{name}.json",
+                      out_dir / "artifacts" / name)
+    for folder in (run.output.parent, run.metrics_path.parent, run.artifacts):
+        folder.mkdir(parents=True, exist_ok=True)
     run.metrics_path.unlink(missing_ok=True)
-    artifacts = out_dir / "artifacts" / name
-    artifacts.mkdir(parents=True, exist_ok=True)
     parameters = {"device": profile, "smoke": smoke, "metrics_path": str(run.metrics_path),
-                  "output_dir": str(artifacts), **(extra_parameters or {})}
+                  "output_dir": str(run.artifacts), **(extra_parameters or {})}
     start = time.time()
     try:
         papermill.execute_notebook(str(path), str(run.output), parameters=parameters, kernel_name="python3",

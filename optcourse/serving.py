@@ -86,17 +86,20 @@ class VLLMServer:
             return False
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the server's process group (engine core and workers too), SIGKILL after ``timeout``."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM the server's process group (API server, engine core, workers), SIGKILL what is left
+        after ``timeout``; returns when no process of the group is alive."""
+        if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        group = self.process.pid  # start_new_session: the group id is the server's pid
+        _signal_group(group, signal.SIGTERM)
+        deadline = time.time() + timeout
+        while time.time() < deadline and _group_alive(group, self.process):
+            time.sleep(0.2)
+        if _group_alive(group, self.process):
+            _signal_group(group, signal.SIGKILL)
+            deadline = time.time() + 10  # bounded: an unreaped zombie must not hang the caller
+            while time.time() < deadline and _group_alive(group, self.process):
+                time.sleep(0.1)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -128,6 +131,22 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _signal_group(group: int, sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(group: int, leader: subprocess.Popen) -> bool:
+    leader.poll()  # reap the leader so that it does not linger as a zombie of this process
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def parse_prometheus(text: str, prefix: str = "") -> dict[str, float]:

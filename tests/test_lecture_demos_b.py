@@ -82,6 +82,28 @@ def test_speculative_greedy_equals_target_greedy(tiny_models, k):
     assert res_self.tokens == ref and res_self.acceptance_rate == 1.0
 
 
+def test_prompt_lookup_proposer_and_speculation_with_it(tiny_models):
+    propose = lb.prompt_lookup_proposer(max_ngram=2)
+    assert propose([1, 2, 3, 4, 9, 1, 2], 3) == [3, 4, 9]
+    assert propose([1, 2, 3, 4, 9, 7, 2], 2) == [3, 4]  # falls back to a 1-gram
+    assert propose([5, 6, 7], 4) == []
+    target, _ = tiny_models
+    prompt = [1, 5, 9, 13, 1, 5, 9, 13, 1, 5]
+    res = lb.speculative_greedy(target, propose, prompt, 30, k=4)
+    assert res.tokens == lb.greedy_decode(target, prompt, 30) and res.draft_forwards == 0
+
+
+def test_crop_cache():
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 10, 4), torch.zeros(1, 2, 10, 4), 0)
+    lb.crop_cache(cache, 12)
+    assert cache.get_seq_length() == 10
+    lb.crop_cache(cache, 7)
+    assert cache.get_seq_length() == 7
+
+
 def test_expected_speedup_formula():
     assert lb.expected_speedup(0.0, 4, 0.0) == pytest.approx(1.0)
     assert lb.expected_speedup(1.0, 4, 0.0) == pytest.approx(5.0)

@@ -35,7 +35,7 @@ def test_digits_training_is_deterministic():
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
     # one epoch already lowers the loss well below its start (a broken loop would not)
-    assert report["last_epoch_loss"] < 0.7 * report["first_loss"]
+    assert report["last_epoch_loss"] < 0.8 * report["first_loss"]
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):

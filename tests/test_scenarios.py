@@ -52,6 +52,12 @@ def test_find_max_qps_is_below_saturation_and_meets_the_bound():
     assert tried and all(isinstance(t, scenarios.ServerResult) for t in tried)
     # a bound below the service time itself: no QPS meets it
     assert scenarios.find_max_qps(service, latency_bound_ms=0.5)[0] == 0.0
+    # one slow sample in 60: the interpolated p99 of the samples meets the bound, but resampled runs
+    # draw the slow one about 1.7 % of the time, so their p99 misses it: no QPS is valid
+    lumpy = [1.0] * 59 + [100.0]
+    assert np.percentile(lumpy, 99) < 50
+    qps, tried = scenarios.find_max_qps(lumpy, latency_bound_ms=50, queries=3000)
+    assert qps == 0.0 and not tried[0].valid
 
 
 def test_run_server_with_a_fake_clock_counts_queueing_delay():

@@ -8,6 +8,8 @@ the warm-up pass, the fastest start vLLM has.
 
 import importlib.util
 import os
+import subprocess
+import time
 
 import pytest
 
@@ -32,6 +34,21 @@ def group_alive(pgid: int) -> bool:
         return True
 
 
+def group_members(pgid: int) -> str:
+    out = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return out[:2000]
+
+
+def wait_group_gone(pgid: int, timeout: float = 30.0) -> bool:
+    """The server's children (engine core, workers) exit shortly after the API server: give them time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not group_alive(pgid):
+            return True
+        time.sleep(0.5)
+    return not group_alive(pgid)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     kv_bytes = KV_BLOCKS * BLOCK * kvcache.kv_bytes_per_token(8, 2, 64, 2)
@@ -45,7 +62,8 @@ def server(tmp_path_factory):
     finally:
         srv.stop()
         if srv.process is not None:
-            assert not group_alive(srv.process.pid), "a vLLM process outlived stop()"
+            pgid = srv.process.pid
+            assert wait_group_gone(pgid), f"vLLM processes outlived stop() by 30 s:\n{group_members(pgid)}"
 
 
 @pytest.mark.timeout(1200)
@@ -84,6 +102,6 @@ def test_a_failed_start_raises_and_leaves_nothing(tmp_path):
     with pytest.raises(ServerError, match="exited"):
         srv.start()
     srv.stop()
-    assert srv.process.poll() is not None and not group_alive(srv.process.pid)
+    assert srv.process.poll() is not None and wait_group_gone(srv.process.pid), group_members(srv.process.pid)
     # and a stop() of a server that never started is harmless
     VLLMServer(LLM_DIR).stop()

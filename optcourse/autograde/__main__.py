@@ -1,0 +1,61 @@
+"""``python -m optcourse.autograde LAB SUBMISSIONS [options]`` — grade a class (see autograder/README.md).
+
+Exit status: 0 when every submission was graded normally, 2 when some need an instructor's look
+(listed in the summary), 1 when the grader itself could not run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from optcourse.autograde.sandbox import Limits, sandbox_available
+    from optcourse.paths import apply_offline_environment
+
+    p = argparse.ArgumentParser(prog="python -m optcourse.autograde", description=__doc__.splitlines()[0])
+    p.add_argument("lab", help="lab name, e.g. lab02_quantization (its nbgrader source is SOURCE_DIR/LAB)")
+    p.add_argument("submissions", nargs="?", default="autograder/submitted",
+                   help="nbgrader's submitted/ folder (<student>/<lab>/<lab>.ipynb), a folder of notebooks "
+                        "(student id from the file name) or a .zip of notebooks")
+    p.add_argument("--out", default=None, help="output folder (default build/autograde/LAB)")
+    p.add_argument("--source-dir", default=None, help="nbgrader source folder (default solutions/)")
+    p.add_argument("--db", default=None, help="gradebook URL (default sqlite:///OUT/gradebook.db; nbgrader's "
+                                              "course gradebook is sqlite:///autograder/gradebook.db)")
+    p.add_argument("--workers", type=int, default=2, help="parallel sandboxes (default 2)")
+    p.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell (default 120)")
+    p.add_argument("--notebook-timeout", type=int, default=900, help="seconds per notebook (default 900)")
+    p.add_argument("--memory-gb", type=float, default=4.0, help="address-space limit of the kernel (default 4)")
+    p.add_argument("--profile", default=None, choices=["cpu", "cuda"], help="hardware profile for thresholds")
+    p.add_argument("--keep-autograded", action="store_true",
+                   help="keep each executed notebook as OUT/artifacts/<student>.autograded.ipynb (for instructors)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    apply_offline_environment()
+    ok, why = sandbox_available()
+    if not ok:
+        print(f"error: cannot sandbox submissions here: {why}.\n"
+              "Run as root on Linux with util-linux, or use the container path in autograder/README.md.",
+              file=sys.stderr)
+        return 1
+    from optcourse.autograde.pipeline import grade_batch
+
+    out = args.out or f"build/autograde/{args.lab}"
+    limits = Limits(cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.notebook_timeout,
+                    memory_bytes=int(args.memory_gb * (1 << 30)))
+    report = grade_batch(args.lab, args.submissions, out, source_dir=args.source_dir, db_url=args.db,
+                         workers=args.workers, limits=limits, profile=args.profile, progress=not args.no_progress,
+                         keep_autograded=args.keep_autograded)
+    print()
+    print(report.table)
+    print(f"\n{len(report.results)} submissions graded in {report.wall_s:.1f} s with {args.workers} workers; "
+          f"grades: {out}/grades.csv (LMS: {out}/grades_lms.csv), feedback: {out}/feedback/")
+    if report.needs_review:
+        print(f"NEEDS AN INSTRUCTOR'S LOOK: {', '.join(report.needs_review)}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

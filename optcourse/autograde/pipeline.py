@@ -1,0 +1,475 @@
+"""Grade a class: collect submissions, grade each in a sandbox (in parallel), check performance
+artifacts in the trusted process, then write the gradebook, CSVs, feedback and a summary.
+
+Trust boundary: everything a submission touches runs in ``optcourse.autograde.sandbox``; this module
+(the parent) only reads the sandbox's ``result.json``, validates it against the lab's cells it
+learnt from the instructor's source (ids, points), and is the only writer of the real gradebook.
+Writes happen in this process, one submission after another, after the pool returns, so parallel
+grading never races on nbgrader's SQLite database (nbgrader has no parallel autograde: its #174).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import secrets
+import shutil
+import tempfile
+import time
+import warnings
+import zipfile
+
+from optcourse.autograde import feedback as feedback_mod
+from optcourse.autograde import perf as perf_mod
+from optcourse.autograde.sandbox import UID_BASE, Limits, prepare_jail, run_jail
+
+MAX_NOTEBOOK_BYTES = 20 << 20
+HIDDEN_RE = re.compile(r"### BEGIN HIDDEN TESTS(.*?)### END HIDDEN TESTS", re.S)
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+STUDENT_RE = re.compile(r"[^A-Za-z0-9_.@-]+")
+
+
+@dataclasses.dataclass
+class Submission:
+    student: str
+    path: pathlib.Path
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class LabInfo:
+    lab: str
+    notebook: str                       # file name nbgrader expects, e.g. demo_lab.ipynb
+    points: dict[str, float]            # graded cell id -> points (from the instructor's source)
+    code_tests: set[str]                # graded code cells (autograded)
+    hidden: list[str]                   # lines of hidden tests (never shown to students)
+    template: pathlib.Path              # lab files without notebooks + a gradebook that knows the lab
+
+
+@dataclasses.dataclass
+class CellGrade:
+    grade_id: str
+    score: float | None
+    max_score: float
+    reason: str
+
+
+@dataclasses.dataclass
+class StudentResult:
+    student: str
+    status: str                          # graded | invalid | timeout | error
+    cells: dict[str, CellGrade]
+    perf: list[perf_mod.CheckResult] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    needs_review: bool = False
+    wall_s: float = 0.0
+    code: list[str] = dataclasses.field(default_factory=list)  # the student's own answer cells
+
+    @property
+    def score(self) -> float:
+        return sum(c.score or 0.0 for c in self.cells.values()) + sum(p.score for p in self.perf)
+
+    @property
+    def max_score(self) -> float:
+        return sum(c.max_score for c in self.cells.values()) + sum(p.max_score for p in self.perf)
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def student_id_from_filename(name: str, lab: str) -> str:
+    """``alice.ipynb``, ``alice_demo_lab.ipynb``, ``demo_lab-alice.ipynb`` -> ``alice``."""
+    stem = pathlib.Path(name).stem
+    for sep in ("_", "-", "."):
+        stem = stem.replace(f"{sep}{lab}", "").replace(f"{lab}{sep}", "")
+    stem = STUDENT_RE.sub("_", stem).strip("._-")
+    return stem or "unnamed"
+
+
+def collect_submissions(source: str | os.PathLike, lab: str, workdir: pathlib.Path) -> list[Submission]:
+    """Submissions from nbgrader's ``submitted/<student>/<lab>/`` layout, a folder of notebooks or a zip."""
+    source = pathlib.Path(source)
+    if source.is_file() and zipfile.is_zipfile(source):
+        dest = workdir / "unzipped"
+        dest.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(source) as zf:
+            for info in zf.infolist():
+                name = pathlib.PurePosixPath(info.filename)
+                if info.is_dir() or name.suffix != ".ipynb" or "__MACOSX" in name.parts or name.name.startswith("."):
+                    continue
+                if info.file_size > MAX_NOTEBOOK_BYTES:
+                    continue
+                base = STUDENT_RE.sub("_", name.name)  # the base name only: no path traversal
+                target, n = dest / base, 1
+                while target.exists():
+                    n += 1
+                    target = dest / f"{pathlib.Path(base).stem}_{n}.ipynb"
+                target.write_bytes(zf.read(info))
+        source = dest
+    if not source.is_dir():
+        raise FileNotFoundError(f"no submissions at {source}")
+    subs: dict[str, Submission] = {}
+    nested = [d for d in sorted(source.iterdir()) if d.is_dir() and (d / lab).is_dir()]
+    if nested:  # nbgrader layout
+        for sdir in nested:
+            student = STUDENT_RE.sub("_", sdir.name)
+            expected = sdir / lab / f"{lab}.ipynb"
+            notebooks = sorted(p for p in (sdir / lab).glob("*.ipynb") if not p.name.startswith("."))
+            if expected.is_file():
+                subs[student] = Submission(student, expected)
+            elif len(notebooks) == 1:
+                subs[student] = Submission(student, notebooks[0],
+                                           [f"notebook was named {notebooks[0].name!r}, expected {lab}.ipynb; graded anyway"])
+            else:
+                subs[student] = Submission(student, expected, [f"no {lab}.ipynb in the submission folder"])
+    else:
+        for nb in sorted(source.glob("*.ipynb")):
+            student = student_id_from_filename(nb.name, lab)
+            if student in subs:
+                student = f"{student}_{len(subs)}"
+            subs[student] = Submission(student, nb)
+    return list(subs.values())
+
+
+# ---------------------------------------------------------------------------------------- the lab
+def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) -> LabInfo:
+    """Generate the lab once with nbgrader into a throw-away gradebook; keep it plus the lab's files
+    WITHOUT its notebooks (the solutions never enter a sandbox; the gradebook copy, which holds the
+    hidden tests nbgrader re-inserts, is readable only by the sandbox's root)."""
+    import nbformat
+    from nbgrader.apps import NbGraderAPI
+
+    from optcourse.release import nbgrader_config
+
+    lab_src = pathlib.Path(source_dir) / lab
+    notebooks = sorted(lab_src.glob("*.ipynb"))
+    if len(notebooks) != 1:
+        raise ValueError(f"{lab_src} must hold exactly one notebook (found {len(notebooks)})")
+    gen = workdir / "generate"
+    shutil.copytree(lab_src, gen / "source" / lab, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__",
+                                                                                  "outputs"))
+    config = nbgrader_config(**{
+        "CourseDirectory.root": str(gen), "CourseDirectory.source_directory": "source",
+        "CourseDirectory.release_directory": "release", "CourseDirectory.db_url": f"sqlite:///{gen}/gradebook.db"})
+    result = NbGraderAPI(config=config).generate_assignment(lab, force=True)
+    if not result["success"]:
+        raise RuntimeError(f"nbgrader could not generate {lab}:\n{result.get('error') or result.get('log')}")
+    template = workdir / "template"
+    shutil.copytree(gen / "source" / lab, template / "source" / lab, ignore=shutil.ignore_patterns("*.ipynb"))
+    shutil.copy(gen / "gradebook.db", template / "gradebook.db")
+    nb = nbformat.read(notebooks[0], as_version=4)
+    points, code_tests, hidden = {}, set(), []
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade"):
+            points[meta["grade_id"]] = float(meta.get("points", 0))
+            if cell.cell_type == "code" and not meta.get("solution"):
+                code_tests.add(meta["grade_id"])
+        for block in HIDDEN_RE.findall(cell.source):
+            hidden += [line.strip() for line in block.splitlines() if len(line.strip()) >= 6]
+    return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template)
+
+
+def precheck(sub: Submission, info: LabInfo) -> tuple[str | None, list[str]]:
+    """Reject what nbgrader cannot grade, with a reason a student understands; returns (problem, answer cells)."""
+    import nbformat
+
+    try:
+        size = sub.path.stat().st_size
+    except OSError:
+        return "no notebook was submitted", []
+    if size == 0:
+        return "the submitted file is empty", []
+    if size > MAX_NOTEBOOK_BYTES:
+        return f"the notebook is {size >> 20} MB (limit {MAX_NOTEBOOK_BYTES >> 20} MB): clear large outputs and resubmit", []
+    try:
+        nb = nbformat.reads(sub.path.read_text(encoding="utf-8"), as_version=4)
+    except Exception as exc:  # noqa: BLE001 - any parse error means the same thing to a student
+        return f"the file is not a valid Jupyter notebook ({type(exc).__name__}); it may be truncated or edited outside Jupyter", []
+    ids = {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.cells}
+    if not ids & set(info.points):
+        return f"this notebook has none of {info.lab}'s graded cells: is it the right lab's notebook?", []
+    code = [c.source for c in nb.cells
+            if c.cell_type == "code" and c.get("metadata", {}).get("nbgrader", {}).get("solution")]
+    return None, code
+
+
+# ---------------------------------------------------------------------------------------- one submission
+def _grade_in_sandbox(task: dict) -> dict:
+    """Pool worker: prepare this submission's jail, run it, bring back the result and artifacts."""
+    limits = Limits(**task["limits"])
+    jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
+                        task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"])
+    try:
+        run = run_jail(jail, task["uid"], limits)
+        art_src = jail / "grading" / "artifacts"
+        art_dest = pathlib.Path(task["artifact_dir"])
+        if art_src.is_dir() and any(art_src.iterdir()):
+            if art_dest.exists():
+                shutil.rmtree(art_dest)
+            shutil.copytree(art_src, art_dest, symlinks=True)
+        if task.get("keep_jail"):
+            graded = jail / "grading" / "autograded" / task["student"] / task["lab"] / task["notebook"]
+            if graded.is_file() and not graded.is_symlink():
+                pathlib.Path(task["artifact_dir"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(graded, pathlib.Path(task["artifact_dir"]).parent / f"{task['student']}.autograded.ipynb")
+        return {"result": run.result, "returncode": run.returncode, "timed_out": run.timed_out, "wall_s": run.wall_s,
+                "log": run.log}
+    finally:
+        shutil.rmtree(jail, ignore_errors=True)
+
+
+def scrub(text: str, hidden: list[str], limit: int = 400) -> str:
+    """A failure message fit for a student: no ANSI codes, never a line of hidden test code, short."""
+    text = ANSI_RE.sub("", text or "").strip()
+    if any(h in text for h in hidden):
+        return "(message withheld: it quoted the hidden test)"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _reason(ename: str, evalue: str, info: LabInfo, limits: Limits) -> str:
+    if ename in ("CellTimeoutError", "KeyboardInterrupt"):
+        return f"the cell ran longer than the {limits.cell_timeout_s} s limit and was stopped"
+    message = scrub(evalue, info.hidden)
+    if ename == "AssertionError" and not message:
+        return "a test failed (AssertionError without a message)"
+    if ename == "MemoryError":
+        return "the cell ran out of memory (the sandbox limit)"
+    if ename == "NotImplementedError" and not message:
+        return "not answered yet (NotImplementedError)"
+    return f"{scrub(ename, info.hidden, 80)}: {message}" if message else scrub(ename, info.hidden, 80)
+
+
+def interpret(sub: Submission, out: dict, info: LabInfo, limits: Limits) -> StudentResult:
+    """Validate the sandbox's result against the lab's trusted cell list and turn it into grades."""
+    res = StudentResult(sub.student, "graded", {}, notes=list(sub.notes), wall_s=out.get("wall_s", 0.0))
+    result = out.get("result")
+    if out.get("timed_out"):
+        res.status, res.needs_review = "timeout", True
+        res.notes.append(f"the notebook ran longer than the {limits.notebook_timeout_s} s limit and was stopped; "
+                         "no cell was graded")
+    elif not isinstance(result, dict) or not isinstance(result.get("cells"), dict):
+        res.status, res.needs_review = "error", True
+        res.notes.append("the grader could not run this notebook (sandbox error); an instructor will look at it")
+    elif not result.get("cells"):
+        res.status, res.needs_review = "error", True
+        res.notes.append("nbgrader could not grade this notebook (for example, graded cells were deleted or "
+                         "duplicated); an instructor will look at it")
+    errors = (result or {}).get("errors", {}) if isinstance(result, dict) else {}
+    cells = (result or {}).get("cells", {}) if isinstance(result, dict) else {}
+    unknown = set(cells) - set(info.points)
+    if unknown:
+        res.notes.append(f"ignored unknown graded cells: {sorted(unknown)[:5]}")
+        res.needs_review = True
+    for gid, points in info.points.items():
+        cell = cells.get(gid) if res.status == "graded" else None
+        if not isinstance(cell, dict):
+            reason = "not graded: " + (res.notes[-1] if res.status != "graded" else "the cell is missing")
+            res.cells[gid] = CellGrade(gid, 0.0, points, reason)
+            continue
+        score = cell.get("score")
+        if score is None:  # written answer: manual grading
+            res.cells[gid] = CellGrade(gid, None, points, "graded by an instructor")
+            continue
+        try:
+            score = float(score)
+        except (TypeError, ValueError):
+            score = 0.0
+        score = min(max(score, 0.0), points)
+        if gid in errors:
+            ename, evalue = errors[gid]
+            reason = _reason(str(ename), str(evalue), info, limits)
+            score = 0.0
+        elif score >= points:
+            reason = "passed"
+        else:
+            reason = "failed"
+        res.cells[gid] = CellGrade(gid, score, points, reason)
+    return res
+
+
+# ---------------------------------------------------------------------------------------- outputs
+def write_gradebook(db_url: str, info: LabInfo, source_dir: pathlib.Path, results: list[StudentResult],
+                    workdir: pathlib.Path) -> None:
+    """Record every result in nbgrader's gradebook (idempotent: updates in place, keeps manual grades)."""
+    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.apps import NbGraderAPI
+
+    from optcourse.release import nbgrader_config
+
+    db_file = db_url[len("sqlite:///"):] if db_url.startswith("sqlite:///") else None
+    if db_file and not os.path.exists(db_file):  # a new gradebook: start from the template's (lab, no students)
+        os.makedirs(os.path.dirname(db_file) or ".", exist_ok=True)
+        shutil.copy(info.template / "gradebook.db", db_file)
+    with Gradebook(db_url) as gb:
+        try:
+            known = {c.name for nb in gb.find_assignment(info.lab).notebooks for c in nb.grade_cells}
+        except MissingEntry:
+            known = set()
+    if known != set(info.points):
+        config = nbgrader_config(**{
+            "CourseDirectory.root": str(workdir), "CourseDirectory.source_directory": str(pathlib.Path(source_dir).resolve()),
+            "CourseDirectory.release_directory": str(workdir / "release-real"), "CourseDirectory.db_url": db_url})
+        out = NbGraderAPI(config=config).generate_assignment(info.lab, force=True)
+        if not out["success"]:
+            raise RuntimeError(f"could not register {info.lab} in {db_url}:\n{out.get('error') or out.get('log')}")
+    nb_name = pathlib.Path(info.notebook).stem
+    with Gradebook(db_url) as gb, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy autoflush warnings on add_submission
+        for res in results:
+            gb.update_or_create_student(res.student)
+            try:
+                gb.find_submission(info.lab, res.student)
+            except MissingEntry:
+                gb.add_submission(info.lab, res.student)
+            for gid, cell in res.cells.items():
+                grade = gb.find_grade(gid, nb_name, info.lab, res.student)
+                grade.auto_score = cell.score
+                grade.needs_manual_grade = cell.score is None or grade.manual_score is not None
+                try:
+                    comment = gb.find_comment(gid, nb_name, info.lab, res.student)
+                    comment.auto_comment = None if cell.reason == "passed" else cell.reason
+                except MissingEntry:
+                    pass
+            gb.db.commit()
+
+
+def write_csv(path: pathlib.Path, info: LabInfo, results: list[StudentResult]) -> None:
+    perf_names = sorted({p.name for r in results for p in r.perf})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["student", "score", "max_score", "percent", "status", "needs_review", *info.points,
+                    *[f"perf:{n}" for n in perf_names], "notes"])
+        for r in sorted(results, key=lambda r: r.student):
+            perf = {p.name: p.score for p in r.perf}
+            w.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}",
+                        f"{100 * r.score / r.max_score:.1f}" if r.max_score else "0.0", r.status,
+                        "yes" if r.needs_review else "no",
+                        *["" if r.cells[g].score is None else f"{r.cells[g].score:g}" for g in info.points],
+                        *[f"{perf.get(n, 0):g}" for n in perf_names], " | ".join(r.notes)])
+
+
+def write_lms_csv(path: pathlib.Path, lab: str, results: list[StudentResult]) -> None:
+    """Two columns an LMS maps on import: Moodle ("ID number" + grade item) and Canvas (match on SIS Login ID)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["SIS Login ID", f"{lab} points"])
+        for r in sorted(results, key=lambda r: r.student):
+            w.writerow([r.student, f"{r.score:g}"])
+
+
+def summary_table(info: LabInfo, results: list[StudentResult]) -> str:
+    rows = [("student", "score", "status", "review", "first problem")]
+    for r in sorted(results, key=lambda r: r.student):
+        problem = next((f"{g}: {c.reason}" for g, c in r.cells.items() if c.reason not in ("passed", "graded by an instructor")), "")
+        problem = "; ".join(r.notes[:1]) or problem or next((f"{p.name}: {p.reason}" for p in r.perf if not p.passed), "")
+        rows.append((r.student, f"{r.score:g}/{r.max_score:g}", r.status, "YES" if r.needs_review else "",
+                     problem[:70]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- the run
+@dataclasses.dataclass
+class BatchReport:
+    lab: str
+    results: list[StudentResult]
+    out_dir: pathlib.Path
+    wall_s: float
+    table: str
+
+    @property
+    def needs_review(self) -> list[str]:
+        return [r.student for r in self.results if r.needs_review]
+
+    def by_student(self) -> dict[str, StudentResult]:
+        return {r.student: r for r in self.results}
+
+
+def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.PathLike, *,
+                source_dir: str | os.PathLike | None = None, db_url: str | None = None, workers: int = 2,
+                limits: Limits | None = None, profile: str | None = None, progress: bool = True,
+                keep_autograded: bool = False, perf_checks: list | None = None) -> BatchReport:
+    """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    from optcourse.release import SOLUTIONS_DIR
+
+    start = time.monotonic()
+    limits = limits or Limits()
+    source_dir = pathlib.Path(source_dir or SOLUTIONS_DIR)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    db_url = db_url or f"sqlite:///{out.resolve()}/gradebook.db"
+    checks = perf_mod.checks_for(lab) if perf_checks is None else perf_checks
+    artifacts = sorted({c.artifact for c in checks})
+    with tempfile.TemporaryDirectory(prefix=f"autograde-{lab}-") as tmp:
+        work = pathlib.Path(tmp)
+        os.chmod(work, 0o700)
+        info = build_template(lab, source_dir, work)
+        subs = collect_submissions(submissions, lab, work)
+        results: dict[str, StudentResult] = {}
+        tasks = {}
+        uid_base = UID_BASE + secrets.randbelow(10_000) * 10_000  # distinct from a concurrent batch's uids
+        for i, sub in enumerate(subs):
+            problem, code = precheck(sub, info)
+            if problem:
+                results[sub.student] = StudentResult(
+                    sub.student, "invalid", {g: CellGrade(g, 0.0, p, f"not graded: {problem}") for g, p in info.points.items()},
+                    notes=[*sub.notes, problem], needs_review=True)
+                continue
+            sub.notes = list(sub.notes)
+            tasks[sub.student] = (sub, code, {
+                "template": str(info.template), "lab": lab, "student": sub.student, "path": str(sub.path.resolve()),
+                "notebook": info.notebook, "artifacts": artifacts, "limits": dataclasses.asdict(limits),
+                "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded,
+                "artifact_dir": str(out / "artifacts" / sub.student)})
+        bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
+        bar.update(len(results))
+        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = {pool.submit(_grade_in_sandbox, t): name for name, (_, _, t) in tasks.items()}
+            for fut in concurrent.futures.as_completed(futures):
+                name = futures[fut]
+                sub, code, _ = tasks[name]
+                try:
+                    outcome = fut.result()
+                except Exception as exc:  # noqa: BLE001 - one broken submission never stops the batch
+                    outcome = {"result": None, "timed_out": False, "wall_s": 0.0, "log": repr(exc)}
+                res = interpret(sub, outcome, info, limits)
+                res.code = code
+                if res.status != "graded":
+                    (out / "logs").mkdir(exist_ok=True)
+                    (out / "logs" / f"{name}.log").write_text(outcome.get("log", "") + "\n" +
+                                                              str((outcome.get("result") or {}).get("log", "")))
+                results[name] = res
+                bar.update(1)
+        bar.close()
+        ordered = [results[s.student] for s in subs]
+        # performance: measured here, in the trusted process, one submission at a time (no pool noise)
+        if checks:
+            ctx = perf_mod.PerfContext(lab=lab, profile=profile, workdir=work / "perf")
+            for res in tqdm(ordered, desc="performance checks", disable=not progress, unit="nb"):
+                for check in checks:
+                    art = out / "artifacts" / res.student / os.path.normpath(check.artifact).replace(os.sep, "__")
+                    res.perf.append(perf_mod.run_check(check, art if res.status == "graded" else None, ctx))
+        write_gradebook(db_url, info, source_dir, ordered, work)
+    write_csv(out / "grades.csv", info, ordered)
+    write_lms_csv(out / "grades_lms.csv", lab, ordered)
+    fb = out / "feedback"
+    fb.mkdir(exist_ok=True)
+    for res in ordered:
+        (fb / f"{res.student}.html").write_text(feedback_mod.render(lab, res, info.hidden))
+    table = summary_table(info, ordered)
+    report = BatchReport(lab, ordered, out, time.monotonic() - start, table)
+    (out / "summary.txt").write_text(table + "\n")
+    (out / "summary.json").write_text(json.dumps({
+        "lab": lab, "wall_s": round(report.wall_s, 2), "workers": workers, "needs_review": report.needs_review,
+        "students": {r.student: {"score": r.score, "max_score": r.max_score, "status": r.status,
+                                 "needs_review": r.needs_review, "notes": r.notes,
+                                 "cells": {g: dataclasses.asdict(c) for g, c in r.cells.items()},
+                                 "perf": [dataclasses.asdict(p) for p in r.perf]} for r in ordered}}, indent=2))
+    return report

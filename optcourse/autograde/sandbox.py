@@ -1,0 +1,202 @@
+"""Run one submission's nbgrader autograde in an operating-system sandbox (no Docker needed).
+
+Layers, each demonstrated by ``tests/autograder/test_sandbox.py``:
+
+1. **Namespaces** (``unshare --mount --net --pid --fork``): a private network namespace with only
+   its own loopback (no route out; 127.0.0.1 is not the host's), a private PID namespace (the student
+   sees and can signal only its own processes; everything dies with the sandbox) and a private mount
+   namespace in which we build a new root (tmpfs) holding read-only binds of the system (``/usr``,
+   ``/etc``), the Python interpreter and virtual environment, the course library ``optcourse/`` and
+   ``/grading`` (this submission's copy of the course), then ``chroot`` into it. The repository
+   (``solutions/``, ``.git``, ``autograder/``), ``/tmp``, ``/root``, other students' sandboxes and the
+   real gradebook do not exist in there.
+2. **Users**: nbgrader itself runs as the sandbox's root; the student's kernel is started by
+   ``optcourse.autograde.kernel``, which drops to an unprivileged uid unique to this submission, so the
+   sandbox's own gradebook copy (0600) and the lab's source copy (0700) are unreadable to it.
+3. **Limits**: ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_FSIZE`` and a per-cell
+   timeout (nbgrader's ``Execute.timeout``, the kernel is interrupted) and a per-notebook wall time
+   (the whole sandbox is killed).
+
+The sandbox returns ``result.json``; it never writes the real gradebook (see ``pipeline``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from optcourse.paths import PACKAGE_DIR, REPO_ROOT
+
+SANDBOX_ROOT = "/grading"
+KERNEL_NAME = "optcourse-sandbox"
+UID_BASE = 720000  # uids with no passwd entry, far from real users; one per submission slot
+
+
+@dataclasses.dataclass
+class Limits:
+    cell_timeout_s: int = 60
+    notebook_timeout_s: int = 300
+    memory_bytes: int = 4 << 30
+    nproc: int = 512
+    file_bytes: int = 256 << 20
+    tmp_bytes: int = 256 << 20
+
+
+@dataclasses.dataclass
+class SandboxRun:
+    result: dict | None
+    returncode: int | None
+    timed_out: bool
+    wall_s: float
+    log: str
+
+
+def sandbox_available() -> tuple[bool, str]:
+    """Whether namespaces, chroot and uid switching work here (root, util-linux ``unshare``)."""
+    if os.geteuid() != 0:
+        return False, "the sandbox needs root (to create namespaces and switch to an unprivileged uid)"
+    if not shutil.which("unshare") or not shutil.which("chroot"):
+        return False, "util-linux `unshare` and `chroot` are needed"
+    probe = subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return False, f"unshare failed: {probe.stderr.strip()}"
+    return True, "namespaces available"
+
+
+def _bind_sources() -> list[str]:
+    """Host paths bound read-only into the sandbox root: system, interpreter, venv, course library."""
+    wanted = ["/usr", "/etc", os.path.realpath(sys.base_prefix), sys.prefix, os.path.realpath(sys.prefix),
+              str(PACKAGE_DIR)]
+    out: list[str] = []
+    for path in wanted:
+        if not os.path.isdir(path):
+            continue
+        if any(path == p or path.startswith(p.rstrip("/") + "/") for p in out):
+            continue
+        out.append(path)
+    return out
+
+
+def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
+    q = shlex.quote
+    lines = ["set -e", f"N={q(new_root)}", 'mount -t tmpfs -o mode=0755,size=16m tmpfs "$N"']
+    for top in ("bin", "lib", "lib64", "lib32", "sbin"):
+        host = f"/{top}"
+        if os.path.islink(host):
+            lines.append(f'ln -s {q(os.readlink(host))} "$N"/{top}')
+        elif os.path.isdir(host):
+            lines.append(f'mkdir -p "$N"/{top} && mount --rbind {host} "$N"/{top} && '
+                         f'mount -o remount,bind,ro "$N"/{top}')
+    for src in _bind_sources():
+        lines.append(f'mkdir -p "$N"{q(src)} && mount --rbind {q(src)} "$N"{q(src)} && '
+                     f'mount -o remount,bind,ro "$N"{q(src)}')
+    lines += [
+        f'mkdir -p "$N"{SANDBOX_ROOT} && mount --bind {q(grading)} "$N"{SANDBOX_ROOT}',
+        'mkdir -p "$N"/dev "$N"/proc "$N"/tmp',
+        'mount -t tmpfs -o mode=0755,size=1m tmpfs "$N"/dev',
+        'for d in null zero random urandom full; do touch "$N"/dev/$d; mount --bind /dev/$d "$N"/dev/$d; done',
+        f'mkdir "$N"/dev/shm && mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/dev/shm',
+        f'mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/tmp',
+        'mount -t proc -o nosuid,nodev,noexec proc "$N"/proc',
+        f"{q(shutil.which('ip') or '/usr/sbin/ip')} link set lo up",  # the kernel's ZMQ sockets use this namespace's own loopback
+        f'exec {q(shutil.which("chroot") or "/usr/sbin/chroot")} "$N" {q(sys.executable)} -m optcourse.autograde.inner {SANDBOX_ROOT}',
+    ]
+    return "\n".join(lines)
+
+
+def _environment(uid: int, limits: Limits) -> dict[str, str]:
+    from optcourse.paths import offline_environment
+
+    home = f"{SANDBOX_ROOT}/home"
+    env = offline_environment(pathlib.Path(home) / ".cache")
+    env.update({
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": f"{SANDBOX_ROOT}/.nbgrader-home",
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "JUPYTER_PATH": f"{SANDBOX_ROOT}/jupyter/data",
+        "JUPYTER_DATA_DIR": f"{SANDBOX_ROOT}/jupyter/data",
+        "JUPYTER_CONFIG_DIR": f"{SANDBOX_ROOT}/jupyter/config",
+        "JUPYTER_RUNTIME_DIR": f"{SANDBOX_ROOT}/jupyter/runtime",
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "IPYTHONDIR": f"{home}/.ipython",
+        "MPLCONFIGDIR": f"{home}/.matplotlib",
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+        "LANG": "C.UTF-8",
+        "OPTCOURSE_SANDBOX_UID": str(uid),
+        "OPTCOURSE_SANDBOX_HOME": home,
+        "OPTCOURSE_SANDBOX_MEMORY": str(limits.memory_bytes),
+        "OPTCOURSE_SANDBOX_NPROC": str(limits.nproc),
+        "OPTCOURSE_SANDBOX_FSIZE": str(limits.file_bytes),
+    })
+    return env
+
+
+def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathlib.Path,
+                 notebook_name: str, artifacts: list[str], limits: Limits, jail_parent: pathlib.Path | None = None,
+                 uid: int = UID_BASE) -> pathlib.Path:
+    """Make this submission's private course copy: template (lab files without notebooks + gradebook) + notebook."""
+    jail = pathlib.Path(tempfile.mkdtemp(prefix="ogjail-", dir=jail_parent))
+    os.chmod(jail, 0o700)
+    grading = jail / "grading"
+    shutil.copytree(template, grading)
+    os.chmod(grading, 0o711)
+    for sub in ("source", "submitted", "jupyter", ".nbgrader-home"):
+        (grading / sub).mkdir(exist_ok=True)
+        os.chmod(grading / sub, 0o700)
+    os.chmod(grading / "gradebook.db", 0o600)
+    sub_dir = grading / "submitted" / student / lab
+    shutil.copytree(grading / "source" / lab, sub_dir)
+    shutil.copyfile(notebook, sub_dir / notebook_name)
+    (grading / "autograded").mkdir(mode=0o711)
+    (grading / "home").mkdir(mode=0o700)
+    os.chown(grading / "home", uid, uid)
+    kdir = grading / "jupyter" / "data" / "kernels" / KERNEL_NAME
+    kdir.mkdir(parents=True)
+    (kdir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "optcourse.autograde.kernel", "{connection_file}"],
+        "display_name": "optcourse sandbox", "language": "python"}))
+    (jail / "root").mkdir()
+    job = {"lab": lab, "student": student, "cell_timeout": limits.cell_timeout_s, "artifacts": artifacts}
+    (grading / "job.json").write_text(json.dumps(job))
+    os.chmod(grading / "job.json", 0o600)
+    return jail
+
+
+def run_jail(jail: pathlib.Path, uid: int, limits: Limits) -> SandboxRun:
+    """Execute the prepared jail in fresh namespaces; kill everything at the notebook time limit."""
+    script = _mount_script(str(jail / "root"), str(jail / "grading"), limits)
+    cmd = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private",
+           "--", "sh", "-c", script]
+    start = time.monotonic()
+    log_path = jail / "sandbox.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_environment(uid, limits), start_new_session=True)
+        timed_out = False
+        try:
+            rc = proc.wait(timeout=limits.notebook_timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+    wall = time.monotonic() - start
+    result = None
+    result_path = jail / "grading" / "result.json"
+    if not timed_out and result_path.is_file() and not result_path.is_symlink():
+        try:
+            result = json.loads(result_path.read_text()[: 8 << 20])
+        except (ValueError, OSError):
+            result = None
+    log_text = log_path.read_bytes()[-20000:].decode("utf-8", "replace")
+    return SandboxRun(result, rc, timed_out, wall, log_text)

@@ -1,0 +1,226 @@
+"""A streaming load generator for an OpenAI-compatible ``/v1/completions`` endpoint (vLLM's server).
+
+Each request is sent with ``stream=True`` and timed token by token on the client, the way
+``vllm bench serve`` and MLPerf's server scenario measure an LLM service:
+
+- TTFT (time to first token): request sent -> first streamed chunk with text;
+- ITL (inter-token latencies): the gaps between successive streamed chunks (one list per request);
+- TPOT (time per output token): ``(E2E - TTFT) / (output_tokens - 1)``, the decode speed one user sees;
+- E2E latency: request sent -> last chunk;
+- output tokens/s: all output tokens of the run / wall time of the run.
+
+Bounded and local by construction: a fixed number of requests (``num_requests``) or a wall-time
+limit (``time_limit_s``), whichever comes first, a socket timeout on every request, and only
+loopback addresses (the course never loads a remote service). Threads, not asyncio, so that it
+works the same inside a Jupyter kernel (which already runs an event loop) and in a script.
+"""
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import ipaddress
+import json
+import math
+import queue
+import socket
+import threading
+import time
+import urllib.parse
+from typing import Sequence
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclasses.dataclass
+class RequestResult:
+    """What the client saw of one streamed request (times in seconds)."""
+
+    index: int
+    ok: bool
+    start_s: float = 0.0            # when it was sent, relative to the start of the run
+    ttft_s: float = math.nan
+    e2e_s: float = math.nan
+    itl_s: list[float] = dataclasses.field(default_factory=list)
+    output_tokens: int = 0
+    prompt_tokens: int | None = None
+    text: str = ""
+    error: str = ""
+
+    @property
+    def tpot_s(self) -> float:
+        """Mean time per output token after the first; NaN with fewer than two tokens."""
+        if not self.ok or self.output_tokens < 2:
+            return math.nan
+        return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+@dataclasses.dataclass
+class LoadResult:
+    results: list[RequestResult]
+    duration_s: float
+    concurrency: int
+
+    @property
+    def ok(self) -> list[RequestResult]:
+        return [r for r in self.results if r.ok]
+
+    def summary(self) -> dict:
+        return summarize(self.results, self.duration_s, concurrency=self.concurrency)
+
+
+def check_loopback(url: str) -> urllib.parse.SplitResult:
+    """Parse ``url`` and refuse anything but a loopback host (127.0.0.0/8, ::1, localhost)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"the load generator only talks to loopback addresses, not {host!r}") from None
+    if parts.scheme != "http":
+        raise ValueError(f"only http:// URLs on loopback are supported, not {url!r}")
+    return parts
+
+
+def stream_completion(url: str, model: str, prompt: str | list[int], max_tokens: int, *, index: int = 0,
+                      timeout_s: float = 120.0, run_start: float | None = None, **extra) -> RequestResult:
+    """Send one streaming completion and time every chunk.
+
+    ``extra`` goes into the request body (e.g. ``ignore_eos=True`` so every request produces exactly
+    ``max_tokens`` tokens, ``temperature=0``). Output tokens are counted from the server's final usage
+    chunk (``stream_options.include_usage``) when it sends one, else one per streamed text chunk.
+    """
+    parts = check_loopback(url)
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}, "temperature": 0.0, **extra}
+    result = RequestResult(index=index, ok=False)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+    t0 = time.perf_counter()
+    result.start_s = t0 - run_start if run_start is not None else 0.0
+    chunks, texts, last = 0, [], None
+    try:
+        conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            result.error = f"HTTP {resp.status}: {resp.read()[:300].decode(errors='replace')}"
+            return result
+        for raw in resp:
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            usage = event.get("usage")
+            if usage:
+                result.output_tokens = int(usage.get("completion_tokens") or 0)
+                result.prompt_tokens = usage.get("prompt_tokens")
+            choices = event.get("choices") or []
+            text = "".join(c.get("text") or "" for c in choices)
+            if not choices:
+                continue
+            now = time.perf_counter()
+            if last is None:
+                result.ttft_s = now - t0
+            else:
+                result.itl_s.append(now - last)
+            last = now
+            chunks += 1
+            texts.append(text)
+        if last is None:
+            result.error = "the stream ended without a token"
+            return result
+        result.e2e_s = last - t0
+        result.text = "".join(texts)
+        if result.output_tokens == 0:
+            result.output_tokens = chunks
+        result.ok = True
+    except (OSError, socket.timeout, http.client.HTTPException, json.JSONDecodeError) as err:
+        result.error = f"{type(err).__name__}: {err}"
+    finally:
+        conn.close()
+    return result
+
+
+def run_load(url: str, model: str, prompts: Sequence[str | list[int]], *, max_tokens: int = 64,
+             concurrency: int = 8, num_requests: int | None = None, time_limit_s: float = 120.0,
+             timeout_s: float = 120.0, progress: bool = False, **extra) -> LoadResult:
+    """Send ``num_requests`` streaming requests (default: one per prompt, cycling through ``prompts``)
+    with at most ``concurrency`` in flight (closed loop: each worker sends its next request when its
+    previous one finished). No new request starts after ``time_limit_s``."""
+    check_loopback(url)
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    if not prompts:
+        raise ValueError("run_load needs at least one prompt")
+    num_requests = len(prompts) if num_requests is None else int(num_requests)
+    todo: queue.Queue[int] = queue.Queue()
+    for i in range(num_requests):
+        todo.put(i)
+    results: list[RequestResult] = []
+    lock = threading.Lock()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_requests, desc=f"requests (concurrency {concurrency})", leave=False)
+    start = time.perf_counter()
+    deadline = start + time_limit_s
+
+    def worker():
+        while time.perf_counter() < deadline:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            r = stream_completion(url, model, prompts[i % len(prompts)], max_tokens, index=i, timeout_s=timeout_s,
+                                  run_start=start, **extra)
+            with lock:
+                results.append(r)
+                if bar is not None:
+                    bar.update(1)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(concurrency, num_requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=time_limit_s + timeout_s + 5)
+    duration = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    results.sort(key=lambda r: r.index)
+    return LoadResult(results, duration, concurrency)
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = PERCENTILES) -> dict[str, float]:
+    """``{"p50": ..., "p90": ..., "p99": ..., "mean": ...}`` of the finite values (NaN when none)."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return {**{f"p{q:g}": math.nan for q in qs}, "mean": math.nan}
+    return {**{f"p{q:g}": float(np.percentile(arr, q)) for q in qs}, "mean": float(arr.mean())}
+
+
+def summarize(results: Sequence[RequestResult], duration_s: float, concurrency: int | None = None) -> dict:
+    """The reference summary of a load run (milliseconds for latencies).
+
+    TTFT, TPOT and E2E percentiles are over requests; ITL percentiles over every gap of every
+    request (all ITL lists concatenated), as ``vllm bench serve`` reports them.
+    """
+    ok = [r for r in results if r.ok]
+    out_tokens = sum(r.output_tokens for r in ok)
+    summary = {"completed": len(ok), "failed": len(results) - len(ok), "duration_s": duration_s,
+               "output_tokens": out_tokens,
+               "output_tokens_per_s": out_tokens / duration_s if duration_s > 0 else math.nan,
+               "requests_per_s": len(ok) / duration_s if duration_s > 0 else math.nan}
+    if concurrency is not None:
+        summary["concurrency"] = concurrency
+    series = {"ttft": [r.ttft_s for r in ok], "tpot": [r.tpot_s for r in ok],
+              "itl": [g for r in ok for g in r.itl_s], "e2e": [r.e2e_s for r in ok]}
+    for name, values in series.items():
+        for key, value in percentiles(values).items():
+            summary[f"{name}_{key}_ms"] = value * 1e3
+    return summary
