@@ -88,7 +88,9 @@ def _bind_sources() -> list[str]:
 
 def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
     q = shlex.quote
-    lines = ["set -e", f"N={q(new_root)}", 'mount -t tmpfs -o mode=0755,size=16m tmpfs "$N"']
+    lines = ["set -e", f"N={q(new_root)}", 'mount -t tmpfs -o mode=0755,size=16m tmpfs "$N"',
+             # /tmp first: a repository or venv that lives under /tmp is bound on top of it below
+             f'mkdir -p "$N"/tmp && mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/tmp']
     for top in ("bin", "lib", "lib64", "lib32", "sbin"):
         host = f"/{top}"
         if os.path.islink(host):
@@ -101,11 +103,10 @@ def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
                      f'mount -o remount,bind,ro "$N"{q(src)}')
     lines += [
         f'mkdir -p "$N"{SANDBOX_ROOT} && mount --bind {q(grading)} "$N"{SANDBOX_ROOT}',
-        'mkdir -p "$N"/dev "$N"/proc "$N"/tmp',
+        'mkdir -p "$N"/dev "$N"/proc',
         'mount -t tmpfs -o mode=0755,size=1m tmpfs "$N"/dev',
         'for d in null zero random urandom full; do touch "$N"/dev/$d; mount --bind /dev/$d "$N"/dev/$d; done',
         f'mkdir "$N"/dev/shm && mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/dev/shm',
-        f'mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/tmp',
         'mount -t proc -o nosuid,nodev,noexec proc "$N"/proc',
         f"{q(shutil.which('ip') or '/usr/sbin/ip')} link set lo up",  # the kernel's ZMQ sockets use this namespace's own loopback
         f'exec {q(shutil.which("chroot") or "/usr/sbin/chroot")} "$N" {q(sys.executable)} -m optcourse.autograde.inner {SANDBOX_ROOT}',
