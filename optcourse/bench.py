@@ -209,6 +209,20 @@ def pinned_threads(n: int = 1):
         torch.set_num_threads(before)
 
 
+ORT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def ort_optimization_level(name: str):
+    """ONNX Runtime's GraphOptimizationLevel for ``disable`` / ``basic`` / ``extended`` / ``all``."""
+    import onnxruntime as ort
+
+    levels = dict(zip(ORT_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)))
+    if name not in levels:
+        raise ValueError(f"graph_optimization must be one of {list(ORT_LEVELS)}, not {name!r}")
+    return levels[name]
+
+
 def ort_session(model_path: str | os.PathLike, threads: int = 1, providers: list[str] | None = None,
                 graph_optimization: str = "all"):
     """An ONNX Runtime session with pinned threads and an explicit provider list (no surprises)."""
@@ -218,13 +232,7 @@ def ort_session(model_path: str | os.PathLike, threads: int = 1, providers: list
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if graph_optimization not in levels:
-        raise ValueError(f"graph_optimization must be one of {sorted(levels)}")
-    opts.graph_optimization_level = levels[graph_optimization]
+    opts.graph_optimization_level = ort_optimization_level(graph_optimization)
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
 
 

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-ORT_LEVELS = ("disable", "basic", "extended", "all")
+from optcourse.bench import ORT_LEVELS  # noqa: E402  (the one list of ORT optimization levels)
 
 
 # --------------------------------------------------------------------------- ONNX export and ORT
@@ -72,15 +72,9 @@ def export_minilm_onnx(path: str | os.PathLike, tokenizer, model, seq_len: int =
 
 
 def ort_level(name: str):
-    import onnxruntime as ort
+    from optcourse.bench import ort_optimization_level
 
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if name not in levels:
-        raise ValueError(f"unknown optimization level {name!r}; choose one of {ORT_LEVELS}")
-    return levels[name]
+    return ort_optimization_level(name)
 
 
 def ort_optimize(src: str | os.PathLike, dst: str | os.PathLike, level: str = "all") -> pathlib.Path:
