@@ -35,13 +35,9 @@ def _cells_by_id(nb):
     return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
 
 
-def test_solution_notebook_is_clean_and_well_formed():
-    nb = nbformat.read(SOLUTION, as_version=4)
-    nbformat.validate(nb)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code)
-    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and all(k in params[0].source for k in ("device", "smoke", "metrics_path", "output_dir"))
+def test_solution_notebook_is_clean_and_well_formed(read_clean_notebook):
+    nb, params = read_clean_notebook(SOLUTION)
+    assert all(k in params for k in ("device", "smoke", "metrics_path", "output_dir"))
     ids = _cells_by_id(nb)
     for task, line, _, test_id in BUGS:
         assert line in ids[task].source, f"{line!r} is no longer in {task}"
