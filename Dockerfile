@@ -1,17 +1,23 @@
 # GPU image for students and graders: the conda environment of environment.yml on a CUDA host.
 #   docker build -t optcourse .
 #   docker run --gpus all -p 127.0.0.1:8888:8888 optcourse            # JupyterLab (token printed)
-#   docker run --gpus all optcourse make run PROFILE=cuda FULL=1      # the GPU runner
+#   docker run --gpus all optcourse make gpu-run                        # the GPU runner (labs + lectures, cuda)
 # CUDA libraries come with the wheels (torch, tensorrt-cu13, onnxruntime-gpu); the host provides
 # the NVIDIA driver through the NVIDIA Container Toolkit.
 FROM mambaorg/micromamba:2.3.3-ubuntu24.04
 
 USER root
+# apt packages follow the pinned Ubuntu release of the base image; exact apt versions would break
+# the build whenever Ubuntu publishes a security update (hadolint's DL3008)
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends make git build-essential \
     && rm -rf /var/lib/apt/lists/*
 USER $MAMBA_USER
 
 WORKDIR /home/$MAMBA_USER/course
+# pip (also the one micromamba runs for environment.yml's pip section) keeps no wheel cache: the
+# CUDA wheels would otherwise stay in the image a second time, several GB
+ENV PIP_NO_CACHE_DIR=1
 COPY --chown=$MAMBA_USER:$MAMBA_USER environment.yml requirements/ ./requirements-src/
 RUN micromamba install -y -n base -f requirements-src/environment.yml && micromamba clean --all --yes
 COPY --chown=$MAMBA_USER:$MAMBA_USER . .

@@ -3,6 +3,7 @@
 #   make test     the whole test suite (what CI runs)
 #   make lab      JupyterLab for students on 127.0.0.1
 #   make release  regenerate labs/ from solutions/ with nbgrader
+#   make gpu-run  the GPU runner: labs and lectures on the cuda profile, full sizes (scripts/gpu_runner.sh)
 # Variables: PROFILE=auto|cpu|cuda   FULL=1 (full-size parameters)   PYTEST_ARGS=...
 
 SHELL := /bin/bash
@@ -42,10 +43,10 @@ export IPYTHONDIR := $(CACHE)/ipython
 export MPLCONFIGDIR := $(CACHE)/matplotlib
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup run test test-fast lab release lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean
+.PHONY: help gpu-run setup run test test-fast lab release lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean browser-deps
 
 help:
-	@sed -n '1,8p' Makefile
+	@sed -n '1,9p' Makefile
 
 setup: $(STAMP)
 
@@ -68,10 +69,26 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not notebooks and not server and not slow" $(PYTEST_ARGS)
 
+# Debian's chromium for the browser test (tests/test_browser.py drives it with Playwright); CI runs this.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium) ($$(chromium --version 2>/dev/null))"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "browser-deps: chromium is not installed; as root run: apt-get update && apt-get install -y --no-install-recommends chromium" >&2; exit 1; \
+	else start=$$(date +%s); \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium && \
+	  echo "chromium installed in $$(( $$(date +%s) - start )) s: $$(chromium --version 2>/dev/null)"; fi
+
 lab: setup
 	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
 	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$$token"; \
 	$(PY) -m jupyterlab --ip $(IP) --port $(PORT) --no-browser --ServerApp.token=$$token --notebook-dir labs
+
+# On an NVIDIA machine: the full stack (environment.yml, Docker: ENV_READY=1) or only PyTorch plus
+# WHEELS=<folder from scripts/gpu_wheels.sh>; no CPU venv is made. Report: results/gpu/<gpu>/report.md
+# (The CPU venv is taken off PATH: its torch is the CPU build.)
+gpu-run:
+	PATH="$(subst $(CURDIR)/$(VENV)/bin:,,$(PATH))" PYTHON=$(if $(ENV_READY),python,$(or $(GPU_PYTHON),python3)) \
+	  scripts/gpu_runner.sh $(RUN_ARGS)
 
 release: setup
 	$(PY) -m optcourse.release

@@ -88,6 +88,8 @@ def capabilities() -> dict:
         import torch
 
         info["gpu"] = torch.cuda.get_device_name()
+        info["cuda_runtime"] = torch.version.cuda
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
 
 

@@ -224,3 +224,43 @@ def summarize(results: Sequence[RequestResult], duration_s: float, concurrency: 
         for key, value in percentiles(values).items():
             summary[f"{name}_{key}_ms"] = value * 1e3
     return summary
+
+
+def run_generate_batch(model, prompts: Sequence[list[int]], *, max_tokens: int = 64, concurrency: int = 8,
+                       num_requests: int | None = None, page_size: int = 16) -> LoadResult:
+    """The same load as ``run_load``, served in-process by transformers' continuous batching
+    (``model.generate_batch``): the real serving path where vLLM is not installed.
+
+    All ``num_requests`` token-id prompts are queued at once and the engine runs at most
+    ``concurrency`` of them per step (``max_requests_per_batch``): ``concurrency`` closed-loop clients
+    whose queue is the engine's. Per-token timestamps give TTFT (from when a request was scheduled,
+    as a client of ``run_load`` sends it when a slot frees), ITL and E2E. Every request generates
+    exactly ``max_tokens`` tokens (EOS ignored, as ``ignore_eos`` does for vLLM).
+    """
+    from transformers.generation import ContinuousBatchingConfig, GenerationConfig
+
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    if not prompts:
+        raise ValueError("run_generate_batch needs at least one prompt")
+    num_requests = len(prompts) if num_requests is None else int(num_requests)
+    inputs = [list(prompts[i % len(prompts)]) for i in range(num_requests)]
+    generation = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    batching = ContinuousBatchingConfig(max_requests_per_batch=concurrency, page_size=page_size)
+    outputs = model.generate_batch(inputs, generation_config=generation, continuous_batching_config=batching,
+                                   record_timestamps=True, progress_bar=False)
+    # the run's clock: first request scheduled -> last token (the engine's warm-up, like a server's start, is not load)
+    served = [o for o in outputs.values() if not o.error and o.timestamps]
+    start = min((o.lifespan[0] for o in served), default=0.0)
+    duration = max((o.timestamps[-1] for o in served), default=start) - start
+    results = []
+    for i in range(num_requests):
+        out = outputs.get(f"req_{i}")        # generate_batch names the requests req_<index>
+        if out is None or out.error or not out.timestamps:
+            results.append(RequestResult(index=i, ok=False, error=str(getattr(out, "error", "no output"))))
+            continue
+        begun, stamps = out.lifespan[0], out.timestamps
+        results.append(RequestResult(index=i, ok=True, start_s=begun - start, ttft_s=stamps[0] - begun,
+                                     itl_s=np.diff(stamps).tolist(), e2e_s=stamps[-1] - begun,
+                                     output_tokens=len(out.generated_tokens), prompt_tokens=len(inputs[i])))
+    return LoadResult(results, duration, concurrency)

@@ -8,7 +8,12 @@ Convention (one for every notebook):
   half-way still leaves what it measured;
 - ``autograder/thresholds/<profile>.yaml`` maps notebook -> metric -> ``{min: x}`` / ``{max: x}``;
   ``check_thresholds`` turns a metrics file into table rows. A metric with a threshold that the
-  notebook did not report fails: silence never passes.
+  notebook did not report fails: silence never passes. A rule may add ``requires: <component>`` or
+  ``unless: <component>`` (``tensorrt``, ``vllm``): on a machine without (with) it the rule does not
+  apply and its row says so (SKIP), because the notebook measured the other real path there;
+- ``record_path(component, available, real_path, fallback)`` prints and stores which real path the
+  notebook took (TensorRT or its stand-in, vLLM or transformers' continuous batching); the runner's
+  report lists them.
 
 For grades, the autograder re-measures artifacts in its own process (DESIGN.md); these metrics are
 what CI and GPU runners check of the instructor's solution notebooks.
@@ -33,6 +38,7 @@ class MetricsRecorder:
         self.path = pathlib.Path(path) if path else None
         self.profile = profile
         self.metrics: dict[str, dict] = {}
+        self.paths: dict[str, str] = {}
 
     def record(self, name: str, value: float, unit: str = "", **details) -> float:
         """Store one measured value (and optional details such as spread); returns the value."""
@@ -43,12 +49,23 @@ class MetricsRecorder:
         self._write()
         return value
 
+    def record_path(self, component: str, available: bool, real_path: str, fallback: str) -> str:
+        """Say (print) and store which path this run takes for ``component``; returns the line."""
+        from optcourse.hardware import describe_path
+
+        line = describe_path(component, available, real_path, fallback)
+        self.paths[component] = line
+        print(line)
+        self._write()
+        return line
+
     def _write(self) -> None:
         if self.path is None:
             return
         from optcourse.bench import save_results
 
-        save_results(self.path, {"notebook": self.notebook, "profile": self.profile, "metrics": self.metrics})
+        save_results(self.path, {"notebook": self.notebook, "profile": self.profile, "metrics": self.metrics,
+                                 "paths": self.paths})
 
     def __repr__(self) -> str:
         lines = [f"{k} = {v['value']:.4g} {v['unit']}".rstrip() for k, v in self.metrics.items()]
@@ -68,7 +85,14 @@ def load_thresholds(profile: str, directory: pathlib.Path = THRESHOLDS_DIR) -> d
         for metric, rule in (metrics or {}).items():
             if not isinstance(rule, dict) or not ({"min", "max"} & set(rule)):
                 raise ValueError(f"{path}: {notebook}.{metric} needs a 'min' and/or 'max'")
+            for key in ("requires", "unless"):
+                if key in rule and rule[key] not in COMPONENTS:
+                    raise ValueError(f"{path}: {notebook}.{metric}: {key} must be one of {COMPONENTS}")
     return data
+
+
+# components whose presence changes what a notebook measures (keys of hardware.capabilities())
+COMPONENTS = ("tensorrt", "vllm")
 
 
 def check_value(value: float | None, rule: dict) -> bool:
@@ -90,19 +114,44 @@ def describe_rule(rule: dict) -> str:
     return " and ".join(parts)
 
 
-def check_thresholds(notebook: str, metrics: dict, thresholds: dict) -> list[dict]:
-    """Rows (item, metric, measured, threshold, passed) for every threshold of ``notebook``."""
+def rule_applies(rule: dict, installed: dict | None) -> tuple[bool, str]:
+    """Whether a rule's ``requires``/``unless`` condition holds on a machine with ``installed`` components."""
+    installed = installed or {}
+    if "requires" in rule and not installed.get(rule["requires"]):
+        return False, f"not applicable: {rule['requires']} is not installed"
+    if "unless" in rule and installed.get(rule["unless"]):
+        return False, f"not applicable: {rule['unless']} is installed"
+    return True, ""
+
+
+def check_thresholds(notebook: str, metrics: dict, thresholds: dict, installed: dict | None = None) -> list[dict]:
+    """Rows (item, metric, measured, threshold, passed) for every threshold of ``notebook``.
+
+    ``installed`` maps components (``tensorrt``, ``vllm``) to their version or None, as the notebook's
+    metrics file recorded them (default: this process's ``hardware.capabilities()``).
+    """
+    if installed is None:
+        from optcourse.hardware import capabilities
+
+        installed = capabilities()
     rows = []
     for metric, rule in (thresholds.get(notebook) or {}).items():
         entry = metrics.get(metric)
         value = entry["value"] if entry else None
-        rows.append({"item": notebook, "metric": metric, "measured": value,
-                     "threshold": describe_rule(rule), "passed": check_value(value, rule)})
+        applies, why = rule_applies(rule, installed)
+        row = {"item": notebook, "metric": metric, "measured": value, "threshold": describe_rule(rule),
+               "passed": check_value(value, rule) if applies else True}
+        if not applies:
+            row.update(skipped=True, note=why)
+        rows.append(row)
     return rows
 
 
-def read_metrics(path: str | os.PathLike) -> dict:
+def read_run(path: str | os.PathLike) -> dict:
+    """A notebook's whole metrics file (metrics, paths, system), or {} when it wrote none."""
     path = pathlib.Path(path)
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text()).get("metrics", {})
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_metrics(path: str | os.PathLike) -> dict:
+    return read_run(path).get("metrics", {})

