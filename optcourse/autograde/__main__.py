@@ -22,7 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source-dir", default=None, help="nbgrader source folder (default solutions/)")
     p.add_argument("--db", default=None, help="gradebook URL (default sqlite:///OUT/gradebook.db; nbgrader's "
                                               "course gradebook is sqlite:///autograder/gradebook.db)")
-    p.add_argument("--workers", type=int, default=2, help="parallel sandboxes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="parallel sandboxes (default 2); with --backend ray and "
+                                                          "no --ray-address, the CPUs of the local Ray instance")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: a process pool on this machine (default); ray: one Ray task per submission")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (e.g. auto or ray://head:10001); "
+                                                       "default: start a local Ray instance")
+    p.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs per submission: shows the NVIDIA devices to the sandbox, and Ray schedules by them "
+                        "(default: 1 with --profile cuda, else 0)")
     p.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell (default 120)")
     p.add_argument("--notebook-timeout", type=int, default=900, help="seconds per notebook (default 900)")
     p.add_argument("--memory-gb", type=float, default=4.0, help="address-space limit of the kernel (default 4)")
@@ -42,14 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     from optcourse.autograde.pipeline import grade_batch
 
     out = args.out or f"build/autograde/{args.lab}"
+    gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if args.profile == "cuda" else 0.0)
     limits = Limits(cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.notebook_timeout,
                     memory_bytes=int(args.memory_gb * (1 << 30)))
     report = grade_batch(args.lab, args.submissions, out, source_dir=args.source_dir, db_url=args.db,
                          workers=args.workers, limits=limits, profile=args.profile, progress=not args.no_progress,
-                         keep_autograded=args.keep_autograded)
+                         keep_autograded=args.keep_autograded, backend=args.backend, ray_address=args.ray_address,
+                         gpus_per_task=gpus)
     print()
     print(report.table)
-    print(f"\n{len(report.results)} submissions graded in {report.wall_s:.1f} s with {args.workers} workers; "
+    print(f"\n{len(report.results)} submissions graded in {report.wall_s:.1f} s with {args.workers} workers "
+          f"({args.backend} backend); "
           f"grades: {out}/grades.csv (LMS: {out}/grades_lms.csv), feedback: {out}/feedback/")
     if report.needs_review:
         print(f"NEEDS AN INSTRUCTOR'S LOOK: {', '.join(report.needs_review)}")

@@ -19,6 +19,101 @@ import traceback
 MAX_ARTIFACT_BYTES = 64 << 20
 
 
+def _sandbox_execute():
+    """nbgrader's Execute preprocessor, hardened for hostile notebooks (a class made on demand: nbgrader is
+    imported only inside the sandbox).
+
+    * A kernel that dies (``os._exit``, ``exit()``, a segfault) ends nbgrader's whole run in plain nbgrader,
+      losing the cells that had passed; here the cell that killed it fails with ``KernelDied`` and every
+      later cell fails with ``NotRun`` without executing, and the grades of earlier cells stand.
+    * After a cell failed or timed out, the processes it left are killed (a fork bomb's copies of the kernel
+      share its sockets); a kernel that ignored the interrupt (it catches ``KeyboardInterrupt``) or that
+      left a flood of processes is stopped the same way as a dead one (``KernelStuck``), instead of
+      costing every later cell a full time-out or answering from a copy's state.
+    """
+    from nbclient.exceptions import DeadKernelError
+    from nbformat.v4 import new_output
+    from nbgrader.preprocessors import Execute
+
+    class SandboxExecute(Execute):
+        _stopped: str | None = None
+
+        def preprocess(self, nb, resources=None, km=None):
+            self._stopped = None
+            return super().preprocess(nb, resources, km)
+
+        def preprocess_cell(self, cell, resources, index):
+            if cell.cell_type != "code":
+                return cell, resources
+            if self._stopped:
+                cell.outputs = [new_output("error", ename="NotRun", evalue=self._stopped, traceback=[])]
+                return cell, resources
+            try:
+                cell, resources = super().preprocess_cell(cell, resources, index)
+            except DeadKernelError:
+                cell.outputs.append(new_output("error", ename="KernelDied", traceback=[], evalue=(
+                    "the kernel died while this cell ran (the code ended Python: os._exit, exit(), a crash)")))
+                self._stopped = "not run: the kernel died in an earlier cell"
+                return cell, resources
+            names = [o.get("ename") for o in cell.outputs if o.get("output_type") == "error"]
+            if not names:
+                return cell, resources
+            # a failed or stopped cell: what it left running is garbage, and copies of the kernel made by
+            # os.fork share its sockets (they answer later cells from their own state)
+            uid = int(os.environ["OPTCOURSE_SANDBOX_UID"])
+            stuck = "CellTimeoutError" in names and "KeyboardInterrupt" not in names
+            kernel = getattr(getattr(self.km.provisioner, "process", None), "pid", None)
+            strays = _kill_strays(uid, spare=None if stuck else kernel)
+            if stuck:
+                why = (f"the cell ran longer than the {self.timeout} s limit and did not stop when interrupted "
+                       "(it catches KeyboardInterrupt?)")
+            elif strays >= FORK_FLOOD:
+                _kill_strays(uid, spare=None)
+                why = f"the cell started {strays} processes (a fork bomb?)"
+            else:
+                return cell, resources
+            cell.outputs = [new_output("error", ename="KernelStuck", traceback=[], evalue=why + "; the kernel was stopped")]
+            self._stopped = "not run: the kernel was stopped in an earlier cell"
+            return cell, resources
+
+    return SandboxExecute
+
+
+FORK_FLOOD = 32  # processes left by one cell beyond which the kernel is not trusted (a pool has a few)
+
+
+def _kill_strays(uid: int, spare: int | None) -> int:
+    """Stop then kill every process of the kernel's uid but ``spare`` (the kernel, when it is still useful);
+    returns how many. Stopping first, until no new one appears, means a fork bomb cannot outrun the kill."""
+    import signal
+
+    seen: set[int] = set()
+    for _ in range(50):
+        found = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == spare:
+                continue
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found.add(int(entry))
+            except OSError:
+                pass
+        if not found - seen:
+            break
+        for pid in found - seen:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                pass
+        seen |= found
+    for pid in seen:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return len(seen)
+
+
 def _config(root: str, job: dict):
     from traitlets.config import Config
 
@@ -39,24 +134,46 @@ def _config(root: str, job: dict):
     c.Execute.iopub_timeout = 10
     c.ExecutePreprocessor.kernel_name = "optcourse-sandbox"
     c.Autograde.create_student = True
+    c.OverwriteCells.add_missing_cells = True  # a deleted test cell is put back and run, not skipped
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import Execute
+
+    default = Autograde.class_traits()["autograde_preprocessors"].default()
+    c.Autograde.autograde_preprocessors = [_sandbox_execute() if p is Execute else p for p in default]
     return c
 
 
-def _errors(nb_path: str) -> dict:
-    """grade_id -> (ename, evalue) of the first error output of each graded cell of the autograded notebook."""
+def _cell_reports(nb_path: str) -> dict:
+    """What each graded cell of the executed notebook tells the grader: ``errors`` (grade_id -> (ename,
+    evalue) of its first error output, or ``("stderr", text)`` when it only wrote to stderr, which nbgrader
+    scores 0), ``guarded`` (grade_id -> what the guard put back before the test) and ``readded`` (test
+    cells the submission had deleted, put back by nbgrader)."""
     import nbformat
 
-    errors = {}
+    from optcourse.autograde.guard import MARK
+
+    report = {"errors": {}, "guarded": {}, "readded": []}
     nb = nbformat.read(nb_path, as_version=4)
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
+        gid = meta.get("grade_id")
         if not meta.get("grade") or cell.cell_type != "code":
             continue
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                errors[meta.get("grade_id")] = (str(out.get("ename", ""))[:200], str(out.get("evalue", ""))[:2000])
-                break
-    return errors
+        if "was missing from the submission" in cell.source.split("\n", 1)[0]:
+            report["readded"].append(gid)
+        outputs = cell.get("outputs", [])
+        errors = [(str(o.get("ename", ""))[:200], str(o.get("evalue", ""))[:2000])
+                  for o in outputs if o.get("output_type") == "error"]
+        errors += [("stderr", str(o.get("text", "")).strip()[:2000]) for o in outputs
+                   if o.get("output_type") == "stream" and o.get("name") == "stderr" and str(o.get("text", "")).strip()]
+        if errors:  # an exception first, else what it wrote to stderr
+            report["errors"][gid] = errors[0]
+        for out in outputs:
+            text = str(out.get("text", "")) if out.get("output_type") == "stream" else ""
+            for line in text.splitlines():
+                if line.startswith(MARK) and gid not in report["guarded"]:
+                    report["guarded"][gid] = line[len(MARK):].strip()[:300]
+    return report
 
 
 def _copy_artifacts(src_dir: str, names: list[str], dest: str) -> dict:
@@ -116,7 +233,8 @@ def main(root: str) -> int:
     with open(os.path.join(root, "job.json")) as f:
         job = json.load(f)
     lab, student = job["lab"], job["student"]
-    result = {"lab": lab, "student": student, "ok": False, "cells": {}, "errors": {}, "log": "", "artifacts": {}}
+    result = {"lab": lab, "student": student, "ok": False, "cells": {}, "errors": {}, "guarded": {}, "readded": [],
+              "log": "", "artifacts": {}}
     try:
         from nbgrader.api import Gradebook
         from nbgrader.apps import NbGraderAPI
@@ -136,9 +254,14 @@ def main(root: str) -> int:
                         "max": float(grade.max_score), "notebook": nb.name}
         _kill_uid(int(os.environ["OPTCOURSE_SANDBOX_UID"]))
         graded_dir = os.path.join(root, "autograded", student, lab)
-        for name in os.listdir(graded_dir):
-            if name.endswith(".ipynb"):
-                result["errors"].update(_errors(os.path.join(graded_dir, name)))
+        notebooks = [name for name in os.listdir(graded_dir) if name.endswith(".ipynb")]
+        for name in notebooks:
+            report = _cell_reports(os.path.join(graded_dir, name))
+            result["errors"].update(report["errors"])
+            result["guarded"].update(report["guarded"])
+            result["readded"] += report["readded"]
+        if job.get("keep_notebook"):  # the folder is the sandbox's tmpfs: copy the executed notebook out
+            _copy_artifacts(graded_dir, notebooks, os.path.join(root, "executed"))
         result["artifacts"] = _copy_artifacts(graded_dir, job.get("artifacts", []), os.path.join(root, "artifacts"))
         result["ok"] = bool(out["success"])
     except Exception:  # noqa: BLE001 - report, the parent decides

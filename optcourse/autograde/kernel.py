@@ -37,7 +37,9 @@ def main(argv: list[str]) -> None:
     for path in (cwd, home, private_conn):
         os.chown(path, uid, uid)
     os.chmod(private_conn, 0o600)
-    _limit(resource.RLIMIT_AS, int(os.environ.get("OPTCOURSE_SANDBOX_MEMORY", 4 << 30)))
+    memory = int(os.environ.get("OPTCOURSE_SANDBOX_MEMORY", 4 << 30))
+    if memory > 0:  # 0: a GPU kernel (see sandbox._environment)
+        _limit(resource.RLIMIT_AS, memory)
     _limit(resource.RLIMIT_NPROC, int(os.environ.get("OPTCOURSE_SANDBOX_NPROC", 256)))
     _limit(resource.RLIMIT_FSIZE, int(os.environ.get("OPTCOURSE_SANDBOX_FSIZE", 256 << 20)))
     _limit(resource.RLIMIT_CORE, 0)
@@ -49,7 +51,11 @@ def main(argv: list[str]) -> None:
     os.environ["HOME"] = home
     for key in [k for k in os.environ if k.startswith("OPTCOURSE_SANDBOX_")]:
         del os.environ[key]
-    os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", private_conn, *extra])
+    from optcourse.autograde.guard import STARTUP
+
+    # the guard records the library functions before any student code runs (see guard.py)
+    os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", private_conn,
+                              f"--IPKernelApp.exec_lines={STARTUP}", *extra])
 
 
 if __name__ == "__main__":

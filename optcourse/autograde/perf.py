@@ -7,13 +7,7 @@ process, measures it against a reference artifact built or loaded in the same ru
 re-measures accuracy on held-out data, and applies the current hardware profile's threshold. What
 the student's kernel printed or wrote (metrics JSON, printed speedups) is never read.
 
-Plugging a lab in::
-
-    from optcourse.autograde import perf
-    perf.register("lab01_tensorrt_int8", perf.OnnxClassifierCheck(
-        name="int8_speedup", artifact="outputs/digits_resnet_int8.onnx", points=4,
-        reference=perf.digits_fp32_reference, data=perf.digits_heldout,
-        speedup_metric="int8_speedup", accuracy_metric="int8_accuracy", require_int8=True))
+A lab plugs in with one ``register(lab, check)`` call: see lab01's at the end of this module.
 
 The thresholds come from ``autograder/thresholds/<profile>.yaml`` (``lab -> metric -> {min: x}``), or
 the check's own ``min_speedup`` / ``min_accuracy`` when the file has none.
@@ -149,18 +143,31 @@ class OnnxClassifierCheck:
     data: Callable[[PerfContext], tuple[np.ndarray, np.ndarray]]
     speedup_metric: str | None = None               # key in the thresholds file (min)
     accuracy_metric: str | None = None              # key in the thresholds file (min)
+    accuracy_drop_metric: str | None = None         # key in the thresholds file (max): reference - student, points
     min_speedup: float = 1.2
     min_accuracy: float = 0.9
+    max_accuracy_drop: float | None = None          # used when the thresholds file has no accuracy_drop_metric
     require_int8: bool = False
     batch: int = 32
     rounds: int = 5
     repeat: int = 10
 
-    def threshold(self, ctx: PerfContext, metric: str | None, default: float) -> float:
+    def threshold(self, ctx: PerfContext, metric: str | None, default: float | None, bound: str = "min") -> float | None:
         spec = ctx.thresholds().get(metric) if metric else None
-        if isinstance(spec, dict) and "min" in spec:
-            return float(spec["min"])
+        if isinstance(spec, dict) and bound in spec:
+            return float(spec[bound])
         return default
+
+    @staticmethod
+    def accuracy(session, x: np.ndarray, y: np.ndarray) -> float:
+        name = session.get_inputs()[0].name
+        try:
+            logits = np.concatenate([session.run(None, {name: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
+        except Exception as exc:  # noqa: BLE001
+            raise ArtifactError(f"the model fails on the held-out images ({type(exc).__name__})") from None
+        if logits.ndim != 2 or logits.shape[0] != len(y):
+            raise ArtifactError(f"the model returns shape {logits.shape}, expected ({len(y)}, classes)")
+        return float((logits.argmax(1) == y).mean())
 
     def run(self, path: pathlib.Path, ctx: PerfContext) -> CheckResult:
         from optcourse.bench import compare, ort_session
@@ -179,13 +186,7 @@ class OnnxClassifierCheck:
             raise ArtifactError(f"ONNX Runtime cannot load the model ({type(exc).__name__}: {str(exc)[:200]})") from None
         reference = ort_session(self.reference(ctx), threads=1)
         name_s, name_r = student.get_inputs()[0].name, reference.get_inputs()[0].name
-        try:
-            logits = np.concatenate([student.run(None, {name_s: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
-        except Exception as exc:  # noqa: BLE001
-            raise ArtifactError(f"the model fails on the held-out images ({type(exc).__name__})") from None
-        if logits.ndim != 2 or logits.shape[0] != len(y):
-            raise ArtifactError(f"the model returns shape {logits.shape}, expected ({len(y)}, classes)")
-        accuracy = float((logits.argmax(1) == y).mean())
+        accuracy = self.accuracy(student, x, y)
         xb = x[: self.batch]
         cmp = compare({"reference": lambda: reference.run(None, {name_r: xb}),
                        "student": lambda: student.run(None, {name_s: xb})},
@@ -193,6 +194,7 @@ class OnnxClassifierCheck:
         speedup = cmp.speedup("reference", "student")
         min_speedup = self.threshold(ctx, self.speedup_metric, self.min_speedup)
         min_accuracy = self.threshold(ctx, self.accuracy_metric, self.min_accuracy)
+        max_drop = self.threshold(ctx, self.accuracy_drop_metric, self.max_accuracy_drop, bound="max")
         measured = {"speedup": round(speedup, 3), "accuracy": round(accuracy, 4), "min_speedup": min_speedup,
                     "min_accuracy": min_accuracy, "profile": ctx.resolved_profile(),
                     "reference_ms": round(cmp.stats["reference"].median, 3),
@@ -202,12 +204,18 @@ class OnnxClassifierCheck:
             problems.append(f"measured speedup {speedup:.2f}x is below the required {min_speedup:g}x")
         if accuracy < min_accuracy:
             problems.append(f"held-out accuracy {accuracy:.3f} is below the required {min_accuracy:g}")
+        if max_drop is not None:  # against the reference's accuracy on the same images
+            drop = 100 * (self.accuracy(reference, x, y) - accuracy)
+            measured.update(accuracy_drop_points=round(drop, 3), max_accuracy_drop_points=max_drop)
+            if drop > max_drop:
+                problems.append(f"held-out accuracy drops {drop:.2f} points from the FP32 reference (at most {max_drop:g})")
         if problems:
             return CheckResult(self.name, 0.0, self.points, False, "; ".join(problems) + f" ({ctx.resolved_profile()} profile)",
                                measured)
+        drop = f", {measured['accuracy_drop_points']:.2f} points below FP32 (<= {max_drop:g})" if max_drop is not None else ""
         return CheckResult(self.name, self.points, self.points, True,
                            f"passed: speedup {speedup:.2f}x (>= {min_speedup:g}x), accuracy {accuracy:.3f} "
-                           f"(>= {min_accuracy:g}) on the {ctx.resolved_profile()} profile", measured)
+                           f"(>= {min_accuracy:g}){drop} on the {ctx.resolved_profile()} profile", measured)
 
 
 def ort_session_from_bytes(data: bytes, threads: int = 1):
@@ -243,3 +251,13 @@ def register(lab: str, check) -> None:
 
 def checks_for(lab: str) -> list:
     return list(REGISTRY.get(lab, []))
+
+
+# lab01 Task 3: the test cell test_task3_qdq saves the student's QDQ INT8 digits model (input "x") as
+# outputs/digits_int8_t3.onnx; the grader re-measures it against its own FP32 export, batch 32, one thread,
+# with the lab's thresholds (cpu: >= 1.8x, cuda: >= 1.6x; accuracy drop <= 1 point).
+register("lab01_tensorrt_int8", OnnxClassifierCheck(
+    name="int8_speedup", artifact="outputs/digits_int8_t3.onnx", points=2,
+    reference=digits_fp32_reference, data=digits_heldout,
+    speedup_metric="digits_int8_speedup_vs_ort_fp32_b32",
+    accuracy_drop_metric="digits_int8_accuracy_drop_points", require_int8=True))

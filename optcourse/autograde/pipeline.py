@@ -24,6 +24,7 @@ import warnings
 import zipfile
 
 from optcourse.autograde import feedback as feedback_mod
+from optcourse.autograde import guard
 from optcourse.autograde import perf as perf_mod
 from optcourse.autograde.sandbox import UID_BASE, Limits, prepare_jail, run_jail
 
@@ -38,6 +39,7 @@ class Submission:
     student: str
     path: pathlib.Path
     notes: list[str] = dataclasses.field(default_factory=list)
+    review: bool = False                 # graded, but an instructor should look (e.g. a renamed notebook)
 
 
 @dataclasses.dataclass
@@ -48,6 +50,8 @@ class LabInfo:
     code_tests: set[str]                # graded code cells (autograded)
     hidden: list[str]                   # lines of hidden tests (never shown to students)
     template: pathlib.Path              # lab files without notebooks + a gradebook that knows the lab
+    cell_ids: set[str] = dataclasses.field(default_factory=set)  # every nbgrader cell of the lab
+    given: set[str] = dataclasses.field(default_factory=set)     # read-only code cells the lab gives (helpers)
 
 
 @dataclasses.dataclass
@@ -121,7 +125,8 @@ def collect_submissions(source: str | os.PathLike, lab: str, workdir: pathlib.Pa
                 subs[student] = Submission(student, expected)
             elif len(notebooks) == 1:
                 subs[student] = Submission(student, notebooks[0],
-                                           [f"notebook was named {notebooks[0].name!r}, expected {lab}.ipynb; graded anyway"])
+                                           [f"notebook was named {notebooks[0].name!r}, expected {lab}.ipynb; graded anyway"],
+                                           review=True)
             else:
                 subs[student] = Submission(student, expected, [f"no {lab}.ipynb in the submission folder"])
     else:
@@ -134,6 +139,23 @@ def collect_submissions(source: str | os.PathLike, lab: str, workdir: pathlib.Pa
 
 
 # ---------------------------------------------------------------------------------------- the lab
+def _add_guard(path: pathlib.Path) -> None:
+    """Make the lab's test cells call ``guard.before_test()`` first and its given read-only code cells record
+    what they define, in the copy nbgrader generates the sandbox's gradebook from (see ``guard``)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type != "code" or meta.get("solution"):
+            continue
+        if meta.get("grade"):
+            cell.source = guard.TEST_PREFIX + cell.source
+        elif meta.get("locked"):
+            cell.source = guard.GIVEN_PREFIX + cell.source + guard.GIVEN_SUFFIX
+    nbformat.write(nb, path)
+
+
 def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) -> LabInfo:
     """Generate the lab once with nbgrader into a throw-away gradebook; keep it plus the lab's files
     WITHOUT its notebooks (the solutions never enter a sandbox; the gradebook copy, which holds the
@@ -150,6 +172,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     gen = workdir / "generate"
     shutil.copytree(lab_src, gen / "source" / lab, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__",
                                                                                   "outputs"))
+    _add_guard(gen / "source" / lab / notebooks[0].name)
     config = nbgrader_config(**{
         "CourseDirectory.root": str(gen), "CourseDirectory.source_directory": "source",
         "CourseDirectory.release_directory": "release", "CourseDirectory.db_url": f"sqlite:///{gen}/gradebook.db"})
@@ -160,20 +183,27 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     shutil.copytree(gen / "source" / lab, template / "source" / lab, ignore=shutil.ignore_patterns("*.ipynb"))
     shutil.copy(gen / "gradebook.db", template / "gradebook.db")
     nb = nbformat.read(notebooks[0], as_version=4)
-    points, code_tests, hidden = {}, set(), []
+    points, code_tests, hidden, cell_ids, given = {}, set(), [], set(), set()
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id"):
+            cell_ids.add(meta["grade_id"])
+            if cell.cell_type == "code" and meta.get("locked") and not meta.get("grade") and not meta.get("solution"):
+                given.add(meta["grade_id"])
         if meta.get("grade"):
             points[meta["grade_id"]] = float(meta.get("points", 0))
             if cell.cell_type == "code" and not meta.get("solution"):
                 code_tests.add(meta["grade_id"])
         for block in HIDDEN_RE.findall(cell.source):
             hidden += [line.strip() for line in block.splitlines() if len(line.strip()) >= 6]
-    return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template)
+    return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given)
 
 
-def precheck(sub: Submission, info: LabInfo) -> tuple[str | None, list[str]]:
-    """Reject what nbgrader cannot grade, with a reason a student understands; returns (problem, answer cells)."""
+def precheck(sub: Submission, info: LabInfo, workdir: pathlib.Path | None = None) -> tuple[str | None, list[str]]:
+    """Reject what nbgrader cannot grade, with a reason a student understands; returns (problem, answer cells).
+
+    Repairs what would make nbgrader give up on the whole notebook: of cells that share a grade id, only
+    the first keeps its nbgrader metadata (the copy is written to ``workdir`` and graded instead)."""
     import nbformat
 
     try:
@@ -188,9 +218,31 @@ def precheck(sub: Submission, info: LabInfo) -> tuple[str | None, list[str]]:
         nb = nbformat.reads(sub.path.read_text(encoding="utf-8"), as_version=4)
     except Exception as exc:  # noqa: BLE001 - any parse error means the same thing to a student
         return f"the file is not a valid Jupyter notebook ({type(exc).__name__}); it may be truncated or edited outside Jupyter", []
-    ids = {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.cells}
-    if not ids & set(info.points):
-        return f"this notebook has none of {info.lab}'s graded cells: is it the right lab's notebook?", []
+    ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.cells]
+    ids = [i for i in ids if i]
+    if not ids:
+        return ("the notebook has no nbgrader cell metadata (answers copied into a new notebook, or the metadata "
+                "was removed): submit the lab's own notebook with your answers"), []
+    if not set(ids) & info.cell_ids:
+        return f"this notebook's cells are not {info.lab}'s (is it another lab's notebook?)", []
+    seen, duplicated = set(), set()
+    for cell in nb.cells:
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if gid is None:
+            continue
+        if gid in seen:
+            duplicated.add(gid)
+            del cell.metadata["nbgrader"]  # an ordinary cell now; nbgrader would reject the whole notebook
+        seen.add(gid)
+    if duplicated and workdir is not None:
+        sanitized = workdir / "sanitized" / f"{sub.student}.ipynb"
+        sanitized.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, sanitized)
+        sub.path, sub.review = sanitized, True
+        sub.notes.append(f"cells shared the grade ids {sorted(duplicated)}: only the first of each counted as that cell")
+    if info.given - seen:
+        sub.review = True
+        sub.notes.append(f"read-only cells of the lab were deleted: {sorted(info.given - seen)}")
     code = [c.source for c in nb.cells
             if c.cell_type == "code" and c.get("metadata", {}).get("nbgrader", {}).get("solution")]
     return None, code
@@ -201,7 +253,8 @@ def _grade_in_sandbox(task: dict) -> dict:
     """Pool worker: prepare this submission's jail, run it, bring back the result and artifacts."""
     limits = Limits(**task["limits"])
     jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
-                        task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"])
+                        task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"],
+                        keep_notebook=bool(task.get("keep_jail")))
     try:
         run = run_jail(jail, task["uid"], limits)
         art_src = jail / "grading" / "artifacts"
@@ -211,7 +264,7 @@ def _grade_in_sandbox(task: dict) -> dict:
                 shutil.rmtree(art_dest)
             shutil.copytree(art_src, art_dest, symlinks=True)
         if task.get("keep_jail"):
-            graded = jail / "grading" / "autograded" / task["student"] / task["lab"] / task["notebook"]
+            graded = jail / "grading" / "executed" / task["notebook"]
             if graded.is_file() and not graded.is_symlink():
                 pathlib.Path(task["artifact_dir"]).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(graded, pathlib.Path(task["artifact_dir"]).parent / f"{task['student']}.autograded.ipynb")
@@ -219,6 +272,23 @@ def _grade_in_sandbox(task: dict) -> dict:
                 "log": run.log}
     finally:
         shutil.rmtree(jail, ignore_errors=True)
+
+
+def _failed(exc: BaseException) -> dict:
+    """The outcome of a task that raised in the grader (not in the sandbox): graded as a sandbox error."""
+    return {"result": None, "timed_out": False, "wall_s": 0.0, "log": repr(exc)}
+
+
+def _run_pool(tasks: dict[str, dict], workers: int):
+    """The local backend: a process pool on this machine; yields ``(student, outcome)`` as sandboxes finish."""
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(_grade_in_sandbox, t): name for name, t in tasks.items()}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # noqa: BLE001 - one broken submission never stops the batch
+                outcome = _failed(exc)
+            yield futures[fut], outcome
 
 
 def scrub(text: str, hidden: list[str], limit: int = 400) -> str:
@@ -229,10 +299,19 @@ def scrub(text: str, hidden: list[str], limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+# errors the sandbox's Execute reports when it had to stop the kernel (inner._sandbox_execute): the message is the reason
+SANDBOX_ERRORS = {"KernelDied", "KernelStuck", "NotRun"}
+
+
 def _reason(ename: str, evalue: str, info: LabInfo, limits: Limits) -> str:
     if ename in ("CellTimeoutError", "KeyboardInterrupt"):
         return f"the cell ran longer than the {limits.cell_timeout_s} s limit and was stopped"
     message = scrub(evalue, info.hidden)
+    if ename in SANDBOX_ERRORS:
+        return message
+    if ename == "stderr":  # first line, without the kernel's temporary file name of a warning
+        first = re.sub(r"^\S+:\d+: ", "", evalue.strip().splitlines()[0] if evalue.strip() else "")
+        return f"the cell wrote to stderr, which nbgrader counts as a failure (a warning?): {scrub(first, info.hidden, 120)}"
     if ename == "AssertionError" and not message:
         return "a test failed (AssertionError without a message)"
     if ename == "MemoryError":
@@ -240,6 +319,10 @@ def _reason(ename: str, evalue: str, info: LabInfo, limits: Limits) -> str:
     if ename == "NotImplementedError" and not message:
         return "not answered yet (NotImplementedError)"
     return f"{scrub(ename, info.hidden, 80)}: {message}" if message else scrub(ename, info.hidden, 80)
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def interpret(sub: Submission, out: dict, info: LabInfo, limits: Limits) -> StudentResult:
@@ -253,16 +336,26 @@ def interpret(sub: Submission, out: dict, info: LabInfo, limits: Limits) -> Stud
     elif not isinstance(result, dict) or not isinstance(result.get("cells"), dict):
         res.status, res.needs_review = "error", True
         res.notes.append("the grader could not run this notebook (sandbox error); an instructor will look at it")
-    elif not result.get("cells"):
+    elif not result.get("cells") or result.get("ok") is False:
         res.status, res.needs_review = "error", True
-        res.notes.append("nbgrader could not grade this notebook (for example, graded cells were deleted or "
-                         "duplicated); an instructor will look at it")
-    errors = (result or {}).get("errors", {}) if isinstance(result, dict) else {}
-    cells = (result or {}).get("cells", {}) if isinstance(result, dict) else {}
+        res.notes.append("nbgrader could not grade this notebook; an instructor will look at it")
+    result = result if isinstance(result, dict) else {}
+    errors, cells = _dict(result.get("errors")), _dict(result.get("cells"))
+    res.needs_review |= sub.review
+    guarded = sorted({n.strip() for g, v in _dict(result.get("guarded")).items() if g in info.points
+                      for n in str(v)[:300].split(",")})
+    if guarded:
+        res.notes.append(f"the notebook replaced functions or helpers the tests use ({', '.join(guarded)}); "
+                         "the grader put the originals back before the tests ran")
+        res.needs_review = True
+    readded = [g for g in result.get("readded") or [] if g in info.points] if isinstance(result.get("readded"), list) else []
+    if readded:
+        res.notes.append(f"test cells {sorted(readded)} were deleted from the notebook; the grader put them back and ran them")
     unknown = set(cells) - set(info.points)
     if unknown:
         res.notes.append(f"ignored unknown graded cells: {sorted(unknown)[:5]}")
         res.needs_review = True
+    kernel_stopped = False
     for gid, points in info.points.items():
         cell = cells.get(gid) if res.status == "graded" else None
         if not isinstance(cell, dict):
@@ -270,7 +363,7 @@ def interpret(sub: Submission, out: dict, info: LabInfo, limits: Limits) -> Stud
             res.cells[gid] = CellGrade(gid, 0.0, points, reason)
             continue
         score = cell.get("score")
-        if score is None:  # written answer: manual grading
+        if score is None and gid not in info.code_tests:  # written answer: manual grading
             res.cells[gid] = CellGrade(gid, None, points, "graded by an instructor")
             continue
         try:
@@ -279,9 +372,12 @@ def interpret(sub: Submission, out: dict, info: LabInfo, limits: Limits) -> Stud
             score = 0.0
         score = min(max(score, 0.0), points)
         if gid in errors:
-            ename, evalue = errors[gid]
+            ename, evalue = (list(errors[gid]) + ["", ""])[:2] if isinstance(errors[gid], (list, tuple)) else ("", "")
             reason = _reason(str(ename), str(evalue), info, limits)
             score = 0.0
+            if ename in SANDBOX_ERRORS and not kernel_stopped:  # the first cell that tells why the kernel stopped
+                res.notes.append(f"{gid}: {reason}")
+                res.needs_review = kernel_stopped = True
         elif score >= points:
             reason = "passed"
         else:
@@ -381,6 +477,7 @@ class BatchReport:
     out_dir: pathlib.Path
     wall_s: float
     table: str
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds: template, sandboxes, rest
 
     @property
     def needs_review(self) -> list[str]:
@@ -393,14 +490,21 @@ class BatchReport:
 def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.PathLike, *,
                 source_dir: str | os.PathLike | None = None, db_url: str | None = None, workers: int = 2,
                 limits: Limits | None = None, profile: str | None = None, progress: bool = True,
-                keep_autograded: bool = False, perf_checks: list | None = None) -> BatchReport:
-    """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``."""
+                keep_autograded: bool = False, perf_checks: list | None = None, backend: str = "local",
+                ray_address: str | None = None, gpus_per_task: float = 0) -> BatchReport:
+    """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``.
+
+    ``backend``: ``local`` (a process pool of ``workers`` sandboxes on this machine) or ``ray`` (one Ray task
+    per submission, on the cluster at ``ray_address`` or a local instance of ``workers`` CPUs; see
+    ``raybackend``). ``gpus_per_task`` > 0 shows the sandbox the NVIDIA devices (and asks Ray for them)."""
     from tqdm.auto import tqdm
 
     from optcourse.release import SOLUTIONS_DIR
 
     start = time.monotonic()
     limits = limits or Limits()
+    if gpus_per_task:
+        limits = dataclasses.replace(limits, gpu=True)
     source_dir = pathlib.Path(source_dir or SOLUTIONS_DIR)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,18 +515,19 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
         work = pathlib.Path(tmp)
         os.chmod(work, 0o700)
         info = build_template(lab, source_dir, work)
+        phases = {"template": time.monotonic() - start}
         subs = collect_submissions(submissions, lab, work)
         results: dict[str, StudentResult] = {}
         tasks = {}
         uid_base = UID_BASE + secrets.randbelow(10_000) * 10_000  # distinct from a concurrent batch's uids
         for i, sub in enumerate(subs):
-            problem, code = precheck(sub, info)
+            sub.notes = list(sub.notes)
+            problem, code = precheck(sub, info, work)
             if problem:
                 results[sub.student] = StudentResult(
                     sub.student, "invalid", {g: CellGrade(g, 0.0, p, f"not graded: {problem}") for g, p in info.points.items()},
                     notes=[*sub.notes, problem], needs_review=True)
                 continue
-            sub.notes = list(sub.notes)
             tasks[sub.student] = (sub, code, {
                 "template": str(info.template), "lab": lab, "student": sub.student, "path": str(sub.path.resolve()),
                 "notebook": info.notebook, "artifacts": artifacts, "limits": dataclasses.asdict(limits),
@@ -430,24 +535,28 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 "artifact_dir": str(out / "artifacts" / sub.student)})
         bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
         bar.update(len(results))
-        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(_grade_in_sandbox, t): name for name, (_, _, t) in tasks.items()}
-            for fut in concurrent.futures.as_completed(futures):
-                name = futures[fut]
-                sub, code, _ = tasks[name]
-                try:
-                    outcome = fut.result()
-                except Exception as exc:  # noqa: BLE001 - one broken submission never stops the batch
-                    outcome = {"result": None, "timed_out": False, "wall_s": 0.0, "log": repr(exc)}
-                res = interpret(sub, outcome, info, limits)
-                res.code = code
-                if res.status != "graded":
-                    (out / "logs").mkdir(exist_ok=True)
-                    (out / "logs" / f"{name}.log").write_text(outcome.get("log", "") + "\n" +
-                                                              str((outcome.get("result") or {}).get("log", "")))
-                results[name] = res
-                bar.update(1)
+        jobs = {name: t for name, (_, _, t) in tasks.items()}
+        if backend == "ray":
+            from optcourse.autograde import raybackend
+
+            finished = raybackend.run(jobs, info.template, workers=workers, address=ray_address,
+                                      gpus_per_task=gpus_per_task, failed=_failed)
+        elif backend == "local":
+            finished = _run_pool(jobs, workers)
+        else:
+            raise ValueError(f"unknown backend {backend!r} (local or ray)")
+        for name, outcome in finished:  # results come back here, to the one process that writes the gradebook
+            sub, code, _ = tasks[name]
+            res = interpret(sub, outcome, info, limits)
+            res.code = code
+            if res.status != "graded":
+                (out / "logs").mkdir(exist_ok=True)
+                (out / "logs" / f"{name}.log").write_text(outcome.get("log", "") + "\n" +
+                                                          str((outcome.get("result") or {}).get("log", "")))
+            results[name] = res
+            bar.update(1)
         bar.close()
+        phases["sandboxes"] = time.monotonic() - start - phases["template"]
         ordered = [results[s.student] for s in subs]
         # performance: measured here, in the trusted process, one submission at a time (no pool noise)
         if checks:
@@ -464,10 +573,13 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     for res in ordered:
         (fb / f"{res.student}.html").write_text(feedback_mod.render(lab, res, info.hidden))
     table = summary_table(info, ordered)
-    report = BatchReport(lab, ordered, out, time.monotonic() - start, table)
+    wall = time.monotonic() - start
+    phases["rest"] = wall - phases["template"] - phases["sandboxes"]  # performance checks, gradebook, files
+    report = BatchReport(lab, ordered, out, wall, table, {k: round(v, 2) for k, v in phases.items()})
     (out / "summary.txt").write_text(table + "\n")
     (out / "summary.json").write_text(json.dumps({
-        "lab": lab, "wall_s": round(report.wall_s, 2), "workers": workers, "needs_review": report.needs_review,
+        "lab": lab, "wall_s": round(report.wall_s, 2), "phases_s": report.phases, "workers": workers,
+        "backend": backend, "needs_review": report.needs_review,
         "students": {r.student: {"score": r.score, "max_score": r.max_score, "status": r.status,
                                  "needs_review": r.needs_review, "notes": r.notes,
                                  "cells": {g: dataclasses.asdict(c) for g, c in r.cells.items()},

@@ -1,6 +1,6 @@
 """Run one submission's nbgrader autograde in an operating-system sandbox (no Docker needed).
 
-Layers, each demonstrated by ``tests/autograder/test_sandbox.py``:
+Layers, each demonstrated by ``tests/autograder/test_autograde_pipeline.py`` (the sample catalogue):
 
 1. **Namespaces** (``unshare --mount --net --pid --fork``): a private network namespace with only
    its own loopback (no route out; 127.0.0.1 is not the host's), a private PID namespace (the student
@@ -13,9 +13,10 @@ Layers, each demonstrated by ``tests/autograder/test_sandbox.py``:
 2. **Users**: nbgrader itself runs as the sandbox's root; the student's kernel is started by
    ``optcourse.autograde.kernel``, which drops to an unprivileged uid unique to this submission, so the
    sandbox's own gradebook copy (0600) and the lab's source copy (0700) are unreadable to it.
-3. **Limits**: ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_FSIZE`` and a per-cell
-   timeout (nbgrader's ``Execute.timeout``, the kernel is interrupted) and a per-notebook wall time
-   (the whole sandbox is killed).
+3. **Limits**: ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_FSIZE``, size-limited tmpfs
+   for everything the kernel's user can write (its notebook folder, HOME, ``/tmp``, ``/dev/shm``), a
+   per-cell timeout (nbgrader's ``Execute.timeout``, the kernel is interrupted) and a per-notebook wall
+   time (the whole sandbox is killed).
 
 The sandbox returns ``result.json``; it never writes the real gradebook (see ``pipeline``).
 """
@@ -48,6 +49,8 @@ class Limits:
     nproc: int = 512
     file_bytes: int = 256 << 20
     tmp_bytes: int = 256 << 20
+    work_bytes: int = 1 << 30     # the notebook's folder and the kernel's HOME: tmpfs, so a full disk is the sandbox's own
+    gpu: bool = False             # show the NVIDIA devices (those CUDA_VISIBLE_DEVICES names) and lift RLIMIT_AS
 
 
 @dataclasses.dataclass
@@ -86,6 +89,13 @@ def _bind_sources() -> list[str]:
     return out
 
 
+def _gpu_devices() -> list[str]:
+    """The NVIDIA device nodes (control devices and every GPU: CUDA_VISIBLE_DEVICES picks among them)."""
+    import glob
+
+    return sorted(p for p in glob.glob("/dev/nvidia*") if not os.path.isdir(p))
+
+
 def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
     q = shlex.quote
     lines = ["set -e", f"N={q(new_root)}", 'mount -t tmpfs -o mode=0755,size=16m tmpfs "$N"',
@@ -103,9 +113,13 @@ def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
                      f'mount -o remount,bind,ro "$N"{q(src)}')
     lines += [
         f'mkdir -p "$N"{SANDBOX_ROOT} && mount --bind {q(grading)} "$N"{SANDBOX_ROOT}',
+        # what the kernel's user can write (its notebook folder, its HOME) is a size-limited tmpfs, not the host's disk
+        *[f'mount -t tmpfs -o mode={mode},size={limits.work_bytes} tmpfs "$N"{SANDBOX_ROOT}/{sub}'
+          for sub, mode in (("autograded", "0711"), ("home", "0700"))],
         'mkdir -p "$N"/dev "$N"/proc',
         'mount -t tmpfs -o mode=0755,size=1m tmpfs "$N"/dev',
         'for d in null zero random urandom full; do touch "$N"/dev/$d; mount --bind /dev/$d "$N"/dev/$d; done',
+        *[f'touch "$N"{q(d)} && mount --bind {q(d)} "$N"{q(d)}' for d in (_gpu_devices() if limits.gpu else [])],
         f'mkdir "$N"/dev/shm && mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/dev/shm',
         'mount -t proc -o nosuid,nodev,noexec proc "$N"/proc',
         f"{q(shutil.which('ip') or '/usr/sbin/ip')} link set lo up",  # the kernel's ZMQ sockets use this namespace's own loopback
@@ -136,16 +150,19 @@ def _environment(uid: int, limits: Limits) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "OPTCOURSE_SANDBOX_UID": str(uid),
         "OPTCOURSE_SANDBOX_HOME": home,
-        "OPTCOURSE_SANDBOX_MEMORY": str(limits.memory_bytes),
+        # CUDA maps tens of GiB of address space: a GPU kernel gets no RLIMIT_AS (GPU memory is the device's)
+        "OPTCOURSE_SANDBOX_MEMORY": "0" if limits.gpu else str(limits.memory_bytes),
         "OPTCOURSE_SANDBOX_NPROC": str(limits.nproc),
         "OPTCOURSE_SANDBOX_FSIZE": str(limits.file_bytes),
     })
+    if limits.gpu and "CUDA_VISIBLE_DEVICES" in os.environ:  # set by Ray for a task with num_gpus
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return env
 
 
 def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathlib.Path,
                  notebook_name: str, artifacts: list[str], limits: Limits, jail_parent: pathlib.Path | None = None,
-                 uid: int = UID_BASE) -> pathlib.Path:
+                 uid: int = UID_BASE, keep_notebook: bool = False) -> pathlib.Path:
     """Make this submission's private course copy: template (lab files without notebooks + gradebook) + notebook."""
     jail = pathlib.Path(tempfile.mkdtemp(prefix="ogjail-", dir=jail_parent))
     os.chmod(jail, 0o700)
@@ -168,7 +185,8 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
         "argv": [sys.executable, "-m", "optcourse.autograde.kernel", "{connection_file}"],
         "display_name": "optcourse sandbox", "language": "python"}))
     (jail / "root").mkdir()
-    job = {"lab": lab, "student": student, "cell_timeout": limits.cell_timeout_s, "artifacts": artifacts}
+    job = {"lab": lab, "student": student, "cell_timeout": limits.cell_timeout_s, "artifacts": artifacts,
+           "keep_notebook": keep_notebook}
     (grading / "job.json").write_text(json.dumps(job))
     os.chmod(grading / "job.json", 0o600)
     return jail

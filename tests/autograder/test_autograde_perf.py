@@ -124,3 +124,51 @@ def test_artifact_copy_refuses_links_and_escapes(tmp_path):
     assert "../gradebook.db" not in got
     assert got["outputs/none.onnx"].startswith("missing")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["outputs__model.onnx"]
+
+
+@pytest.fixture(scope="module")
+def lab01_artifacts(tmp_path_factory):
+    """What lab01's Task 3 saves (outputs/digits_int8_t3.onnx): the digits ResNet exported with input "x",
+    percentile thresholds from calibration statistics, a U8S8 per-channel QDQ model; and an FP32 model
+    under the same name."""
+    from optcourse import calibration as cal
+    from optcourse import engines
+    from optcourse import onnx_export as ox
+    from optcourse.models.digits import load_digits_data, load_digits_resnet
+
+    d = tmp_path_factory.mktemp("lab01")
+    fp32 = ox.export_digits(load_digits_resnet(), d / "digits_fp32.onnx")
+    images = load_digits_data()[0][:256].numpy()
+    batches = [{"x": images[i:i + 32]} for i in range(0, len(images), 32)]
+    stats = cal.collect_activation_stats(fp32, batches)
+    thresholds = cal.thresholds_from_stats(stats, "percentile")
+    good = engines.quantize_qdq(fp32, d / "good" / "outputs" / "digits_int8_t3.onnx", engines.FeedsReader(batches),
+                                tensor_overrides=engines.range_overrides(thresholds, stats))
+    fake = d / "fake" / "outputs" / "digits_int8_t3.onnx"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(fp32.read_bytes())
+    return {"good": good, "fake": fake, "dir": d}
+
+
+def test_lab01_registers_its_int8_artifact():
+    [c] = perf.checks_for("lab01_tensorrt_int8")
+    assert c.artifact == "outputs/digits_int8_t3.onnx" and c.require_int8 and c.points == 2
+    for profile, speedup in (("cpu", 1.8), ("cuda", 1.6)):  # the lab's own thresholds of each profile
+        ctx = perf.PerfContext(lab="lab01_tensorrt_int8", profile=profile)
+        assert c.threshold(ctx, c.speedup_metric, None) == speedup
+        assert c.threshold(ctx, c.accuracy_drop_metric, None, bound="max") == 1.0
+
+
+def test_lab01_check_passes_the_real_artifact_and_rejects_fp32_named_int8(lab01_artifacts):
+    import dataclasses
+
+    [c] = perf.checks_for("lab01_tensorrt_int8")
+    ctx = perf.PerfContext(lab="lab01_tensorrt_int8", profile="cpu", workdir=lab01_artifacts["dir"] / "grader")
+    fake = perf.run_check(c, lab01_artifacts["fake"], ctx)
+    assert not fake.passed and fake.score == 0 and "not an INT8 model" in fake.reason
+    # the speed bar is lowered here only: a shared CI machine must not decide this test (the real bar is 1.8x)
+    res = perf.run_check(dataclasses.replace(c, speedup_metric=None, min_speedup=0.01, rounds=3, repeat=5),
+                         lab01_artifacts["good"], ctx)
+    assert res.passed and res.score == 2, res.reason
+    assert res.measured["accuracy_drop_points"] <= 1.0 and res.measured["max_accuracy_drop_points"] == 1.0
+    assert res.reason.startswith("passed: speedup")

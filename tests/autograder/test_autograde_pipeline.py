@@ -1,13 +1,16 @@
-"""The whole pipeline on autograder/samples/demo_lab: sandboxed nbgrader autograde of a class with
-a good, partial, blank, broken, endless and malicious submission, graded in parallel.
+"""The whole pipeline on autograder/samples/demo_lab: sandboxed nbgrader autograde of the sample
+catalogue (right, partly right, broken and hostile submissions; autograder/samples/make_samples.py),
+graded in parallel, on the local pool and on a local Ray instance.
 
-One batch run (module fixture) serves every assertion; it takes about a minute on 2 idle cores.
+One batch run of the whole catalogue (module fixture) serves every assertion; it takes 2-4 minutes on
+2 cores (most of it nbgrader and kernel start-up, two sandboxes at a time).
 """
 from __future__ import annotations
 
 import csv
 import shutil
 import socket
+import sys
 import threading
 import zipfile
 
@@ -18,10 +21,14 @@ from optcourse.autograde import Limits, grade_batch, sandbox_available
 from optcourse.paths import AUTOGRADER_DIR
 
 SAMPLES = AUTOGRADER_DIR / "samples" / "demo_lab"
+sys.path.insert(0, str(AUTOGRADER_DIR / "samples"))
+import make_samples  # noqa: E402
+
 ok, why = sandbox_available()
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420),
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.skipif(not ok, reason=f"sandbox unavailable: {why}")]
-LIMITS = Limits(cell_timeout_s=8, notebook_timeout_s=150)
+# short limits keep the catalogue quick; a small process limit keeps the fork bomb from loading a shared machine
+LIMITS = Limits(cell_timeout_s=5, notebook_timeout_s=60, memory_bytes=2 << 30, work_bytes=128 << 20, nproc=128)
 
 
 class Listener:
@@ -55,9 +62,7 @@ def batch(tmp_path_factory):
     shutil.copytree(SAMPLES / "source", source)
     listener = Listener()
     (source / "demo_lab" / "probe_port.txt").write_text(str(listener.port))  # the malicious probe dials it
-    subs = root / "submissions"
-    shutil.copytree(SAMPLES / "submissions", subs)
-    shutil.move(subs / "broken.ipynb.invalid", subs / "broken.ipynb")  # kept under another suffix in the repo
+    subs = make_samples.nbgrader_layout(SAMPLES / "submissions", root / "submitted")
     out = root / "out"
     try:
         report = grade_batch("demo_lab", subs, out, source_dir=source, workers=2, limits=LIMITS,
@@ -65,33 +70,102 @@ def batch(tmp_path_factory):
     finally:
         listener.stop = True
     return {"report": report, "out": out, "root": root, "source": source, "listener": listener,
-            "db": f"sqlite:///{out}/gradebook.db"}
+            "db": f"sqlite:///{out}/gradebook.db", "submitted": subs}
 
 
-EXPECTED = {  # student -> (score, status, needs_review)
-    "good": (5, "graded", False), "partial": (3, "graded", False), "blank": (0, "graded", False),
-    "broken": (0, "invalid", True), "endless": (3, "graded", False), "malicious": (5, "graded", False),
+T1, T2 = "test_task1_add", "test_task2_normalize"
+NOT_RUN = "not run: the kernel died in an earlier cell"
+# student -> (score, status, needs an instructor's look, {test cell or "notes": a piece of its reason})
+EXPECTED = {
+    "good": (5, "graded", False, {T1: "passed", T2: "passed"}),
+    "partial": (3, "graded", False, {T1: "AssertionError: add must work with negative numbers: add(-4, 9) should be 5"}),
+    "partial_rounding": (2, "graded", False, {T1: "passed", T2: "the result must have norm 1"}),
+    "warns_stderr": (3, "graded", False, {T1: "wrote to stderr, which nbgrader counts as a failure (a warning?): "
+                                              "UserWarning: add was called"}),
+    "blank": (0, "graded", False, {T1: "not answered yet (NotImplementedError)", T2: "not answered yet"}),
+    "broken": (0, "invalid", True, {"notes": "not a valid Jupyter notebook (NotJSONError)"}),
+    "not_a_notebook": (0, "invalid", True, {"notes": "not a valid Jupyter notebook"}),
+    "empty": (0, "invalid", True, {"notes": "the submitted file is empty"}),
+    "giant_file": (0, "invalid", True, {"notes": "(limit 20 MB): clear large outputs"}),
+    "stripped_metadata": (0, "invalid", True, {"notes": "no nbgrader cell metadata"}),
+    "other_lab": (0, "invalid", True, {"notes": "cells are not demo_lab's (is it another lab's notebook?)"}),
+    "wrong_name": (5, "graded", True, {"notes": "named 'Untitled.ipynb', expected demo_lab.ipynb; graded anyway"}),
+    "endless": (3, "graded", False, {T1: "ran longer than the 5 s limit and was stopped", T2: "passed"}),
+    "swallow_interrupt": (0, "graded", True, {T1: "did not stop when interrupted", T2: "not run: the kernel was stopped"}),
+    "memory_bomb": (3, "graded", False, {T1: "ran out of memory (the sandbox limit)", T2: "passed"}),
+    "fork_bomb": (0, "graded", True, {T1: "; the kernel was stopped", T2: "not run: the kernel was stopped"}),
+    "disk_fill": (5, "graded", False, {}),
+    "exit_os": (2, "graded", True, {T1: "passed", T2: NOT_RUN}),
+    "exit_sys": (3, "graded", False, {T1: "SystemExit: bye"}),
+    "exit_quit": (5, "graded", False, {T1: "passed"}),  # ipykernel's exit() only asks the frontend to close
+    "segfault": (0, "graded", True, {T1: "the kernel died while this cell ran", T2: NOT_RUN}),
+    "ctypes_null": (2, "graded", True, {T2: "the kernel died while this cell ran"}),
+    "missing_import": (3, "graded", False, {T1: "NameError: name 'add' is not defined"}),
+    "patch_numpy": (2, "graded", True, {T2: "normalize([3, 4]) should be [0.6, 0.8]",
+                                        "notes": "numpy.allclose, numpy.linalg.norm); the grader put the originals back"}),
+    "patch_timer": (2, "graded", True, {T2: "normalize is too slow", "notes": "(time.perf_counter)"}),
+    "redefine_helper": (2, "graded", True, {T2: "normalize([3, 4]) should be [0.6, 0.8]", "notes": "(check_close)"}),
+    "read_hidden": (3, "graded", False, {T1: "FileNotFoundError: no solution or hidden test was readable"}),
+    "write_gradebook": (5, "graded", False, {}),  # add() adds 100 per file it could write
+    "network": (3, "graded", False, {T1: "URLError: <urlopen error [Errno -3] Temporary failure in name resolution>"}),
+    "kill_grader": (5, "graded", False, {}),
+    "fake_metrics": (0, "graded", False, {T1: "not answered yet"}),
+    "deleted_tests": (3, "graded", False, {T1: "add must work with negative numbers",
+                                           "notes": "were deleted from the notebook; the grader put them back and ran them"}),
+    "edited_locked": (0, "graded", False, {T1: "add(1, 1) should be 2", T2: "normalize([3, 4]) should be [0.6, 0.8]"}),
+    "duplicate_ids": (3, "graded", True, {T1: "add(1, 1) should be 2", "notes": "cells shared the grade ids ['test_task1_add']"}),
+    "flood_output": (5, "graded", False, {}),
+    "malicious": (5, "graded", False, {}),
 }
+REVIEW = sorted(s for s, (_, _, review, _) in EXPECTED.items() if review)
 
 
-def test_every_submission_gets_its_grade(batch):
-    res = batch["report"].by_student()
-    assert set(res) == set(EXPECTED)
-    for student, (score, status, review) in EXPECTED.items():
-        r = res[student]
-        assert (r.score, r.status, r.needs_review) == (score, status, review), (student, r)
-    assert batch["report"].needs_review == ["broken"]
+def test_the_catalogue_is_complete():
+    assert set(EXPECTED) == set(make_samples.CATALOGUE) | {make_samples.GIANT}
+    hostile_or_broken = set(EXPECTED) - {"good", "partial", "partial_rounding", "warns_stderr", "blank"}
+    assert len(hostile_or_broken) >= 25
 
 
-def test_reasons_are_in_words_a_student_understands(batch):
-    res = batch["report"].by_student()
-    assert res["partial"].cells["test_task1_add"].reason == (
-        "AssertionError: add must work with negative numbers: add(-4, 9) should be 5")
-    assert res["partial"].cells["test_task2_normalize"].reason == "passed"
-    assert "NotImplementedError" in res["blank"].cells["test_task1_add"].reason
-    assert "limit and was stopped" in res["endless"].cells["test_task1_add"].reason
-    assert res["endless"].cells["test_task2_normalize"].score == 3  # the loop cost only its own task
-    assert "not a valid Jupyter notebook" in res["broken"].notes[0]
+@pytest.mark.parametrize("student", sorted(EXPECTED))
+def test_every_submission_gets_its_grade_and_reason(batch, student):
+    score, status, review, reasons = EXPECTED[student]
+    r = batch["report"].by_student()[student]
+    assert (r.score, r.status, r.needs_review) == (score, status, review), (r.notes, r.cells)
+    for where, text in reasons.items():
+        got = " | ".join(r.notes) if where == "notes" else r.cells[where].reason
+        assert text in got, (where, got)
+
+
+def test_batch_lists_who_needs_a_look(batch):
+    report = batch["report"]
+    assert sorted(report.by_student()) == sorted(EXPECTED)
+    assert report.needs_review == REVIEW
+    rows = {line.split()[0]: line for line in report.table.splitlines()[2:]}
+    assert all(("YES" in rows[s]) == (s in REVIEW) for s in EXPECTED)
+    assert (batch["out"] / "summary.txt").read_text().strip() == report.table.strip()
+
+
+def test_the_cli_exit_code_says_when_a_look_is_needed(batch, tmp_path, capsys):
+    from optcourse.autograde.__main__ import main
+
+    subs = make_samples.nbgrader_layout(SAMPLES / "submissions", tmp_path / "submitted", ["empty", "broken"])
+    rc = main(["demo_lab", str(subs), "--source-dir", str(batch["source"]), "--out", str(tmp_path / "out"),
+               "--no-progress"])
+    assert rc == 2
+    assert "NEEDS AN INSTRUCTOR'S LOOK: broken, empty" in capsys.readouterr().out
+
+
+def test_disk_and_write_attempts_stay_in_the_sandbox(batch):
+    def stdout(student):
+        nb = nbformat.read(batch["out"] / "artifacts" / f"{student}.autograded.ipynb", as_version=4)
+        return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+    full = next(line for line in stdout("disk_fill").splitlines() if line.startswith("disk full after"))
+    assert int(full.split()[3]) <= 2  # 64 MB files: the sandbox's 128 MB tmpfs, not the host's disk
+    assert "wrote []" in stdout("write_gradebook")
+    assert "kill 1 PermissionError" in stdout("kill_grader")
+    good = (batch["submitted"] / "good" / "demo_lab" / "demo_lab.ipynb").read_bytes()
+    assert good == (SAMPLES / "submissions" / "good.ipynb").read_bytes()  # another student's file untouched
 
 
 def test_malicious_attempts_all_fail(batch):
@@ -112,11 +186,11 @@ def test_gradebook_csv_and_lms_export(batch):
     from nbgrader.api import Gradebook
 
     with Gradebook(batch["db"]) as gb:
-        for student, (score, _, _) in EXPECTED.items():
+        for student, (score, _, _, _) in EXPECTED.items():
             assert gb.find_submission("demo_lab", student).score == score, student
     rows = {r["student"]: r for r in csv.DictReader(open(batch["out"] / "grades.csv"))}
     assert rows["partial"]["test_task1_add"] == "0" and rows["partial"]["test_task2_normalize"] == "3"
-    assert rows["broken"]["needs_review"] == "yes"
+    assert rows["broken"]["needs_review"] == "yes" and rows["good"]["needs_review"] == "no"
     lms = list(csv.reader(open(batch["out"] / "grades_lms.csv")))
     assert lms[0] == ["SIS Login ID", "demo_lab points"] and ["good", "5"] in lms
 
@@ -124,7 +198,8 @@ def test_gradebook_csv_and_lms_export(batch):
 def test_feedback_never_shows_hidden_tests(batch):
     for student in EXPECTED:
         html = (batch["out"] / "feedback" / f"{student}.html").read_text()
-        for secret in ("SECRET_HIDDEN_MARKER", "BEGIN HIDDEN", "assert add(-4, 9)", "np.arange(1, 6)", "Traceback"):
+        for secret in ("SECRET_HIDDEN_MARKER", "BEGIN HIDDEN", "assert add(-4, 9)", "np.arange(1, 6)", "Traceback",
+                       "autograde.guard"):
             assert secret not in html, (student, secret)
     assert "add must work with negative numbers" in (batch["out"] / "feedback" / "partial.html").read_text()
     assert "Score: 5 / 5" in (batch["out"] / "feedback" / "good.html").read_text()
@@ -142,6 +217,9 @@ class TokenCheck:
         return CheckResult(self.name, float(ok), 1.0, ok, "passed" if ok else "wrong content")
 
 
+ARTIFACT_CELL = "import os\nos.makedirs('outputs', exist_ok=True)\nopen('outputs/result.bin', 'wb').write(b'token')"
+
+
 def with_cell(src, code, dest):
     nb = nbformat.read(src, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(code))
@@ -151,9 +229,7 @@ def with_cell(src, code, dest):
 
 def test_regrading_is_idempotent_reads_zips_and_brings_artifacts_out(batch):
     root = batch["root"]
-    good = with_cell(SAMPLES / "submissions" / "good.ipynb",
-                     "import os\nos.makedirs('outputs', exist_ok=True)\nopen('outputs/result.bin', 'wb').write(b'token')",
-                     root / "good_art.ipynb")
+    good = with_cell(SAMPLES / "submissions" / "good.ipynb", ARTIFACT_CELL, root / "good_art.ipynb")
     partial = with_cell(SAMPLES / "submissions" / "partial.ipynb",  # a link to the gradebook is never followed
                         "import os\nos.makedirs('outputs', exist_ok=True)\nos.symlink('/grading/gradebook.db', 'outputs/result.bin')",
                         root / "partial_art.ipynb")
@@ -173,4 +249,26 @@ def test_regrading_is_idempotent_reads_zips_and_brings_artifacts_out(batch):
         assert gb.find_submission("demo_lab", "partial").score == 3
         assert gb.find_submission("demo_lab", "good").score == 5
         assert gb.find_submission("demo_lab", "malicious").score == 5  # others untouched
-        assert len(gb.assignment_submissions("demo_lab")) == 6
+        assert len(gb.assignment_submissions("demo_lab")) == len(EXPECTED)
+
+
+def test_ray_backend_grades_like_the_local_pool(batch, tmp_path):
+    """One Ray task per submission on a local Ray instance (2 CPUs): the same grades and reasons, and the
+    artifacts and executed notebooks come back from the tasks."""
+    pytest.importorskip("ray")
+    names = ["good", "partial", "exit_os", "patch_numpy"]
+    subs = make_samples.nbgrader_layout(SAMPLES / "submissions", tmp_path / "submitted", names)
+    (subs / "artist" / "demo_lab").mkdir(parents=True)
+    with_cell(SAMPLES / "submissions" / "good.ipynb", ARTIFACT_CELL, subs / "artist" / "demo_lab" / "demo_lab.ipynb")
+    report = grade_batch("demo_lab", subs, tmp_path / "out", source_dir=batch["source"], workers=2, limits=LIMITS,
+                         progress=False, perf_checks=[TokenCheck()], backend="ray", keep_autograded=True)
+    res, pool = report.by_student(), batch["report"].by_student()
+    assert res["artist"].score == 6 and res["artist"].perf[0].passed
+    for name in names:
+        r = res[name]
+        assert (r.score, r.status, r.needs_review) == (pool[name].score, pool[name].status, pool[name].needs_review)
+        assert {g: (c.score, c.reason) for g, c in r.cells.items()} == {
+            g: (c.score, c.reason) for g, c in pool[name].cells.items()}, name
+        assert "did not save outputs/result.bin" in r.perf[0].reason
+        assert (tmp_path / "out" / "artifacts" / f"{name}.autograded.ipynb").is_file()
+    assert '"backend": "ray"' in (tmp_path / "out" / "summary.json").read_text()

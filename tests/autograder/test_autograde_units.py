@@ -16,7 +16,14 @@ LIMITS = Limits(cell_timeout_s=8)
 def info(tmp_path) -> pipeline.LabInfo:
     return pipeline.LabInfo("demo_lab", "demo_lab.ipynb", {"test_a": 2.0, "test_b": 3.0, "written": 1.0},
                             {"test_a", "test_b"}, ["SECRET_HIDDEN_MARKER_1 = 12345", 'assert add(-4, 9) == 5, "msg"'],
-                            tmp_path)
+                            tmp_path, {"test_a", "test_b", "written", "answer_a", "helpers"}, {"helpers"})
+
+
+def cell(grade_id=None, source="1", **meta):
+    import nbformat
+
+    md = {"nbgrader": {"grade_id": grade_id, "schema_version": 3, **meta}} if grade_id else {}
+    return nbformat.v4.new_code_cell(source, metadata=md)
 
 
 def test_student_ids_from_file_names():
@@ -52,15 +59,34 @@ def test_collect_nbgrader_layout_flat_folder_and_zip(tmp_path):
 
 
 def test_precheck_reasons(tmp_path):
+    import nbformat
+
     lab = info(tmp_path)
     empty = tmp_path / "empty.ipynb"
     empty.write_text("")
     assert pipeline.precheck(pipeline.Submission("x", empty), lab)[0] == "the submitted file is empty"
+    plain = tmp_path / "plain.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), plain)
+    assert "no nbgrader cell metadata" in pipeline.precheck(pipeline.Submission("x", plain), lab)[0]
     other = tmp_path / "other.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell("test_other", grade=True, points=1)]), other)
+    assert "another lab's notebook" in pipeline.precheck(pipeline.Submission("x", other), lab)[0]
+
+
+def test_precheck_repairs_duplicate_grade_ids_and_flags_deleted_given_cells(tmp_path):
     import nbformat
 
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), other)
-    assert "right lab" in pipeline.precheck(pipeline.Submission("x", other), lab)[0]
+    lab = info(tmp_path)
+    path = tmp_path / "dup.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        cell("answer_a", "x = 1", solution=True), cell("test_a", "pass"), cell("test_a", "assert x == 1")]), path)
+    sub = pipeline.Submission("d", path)
+    assert pipeline.precheck(sub, lab, tmp_path / "work") == (None, ["x = 1"])
+    assert sub.review and sub.path == tmp_path / "work" / "sanitized" / "d.ipynb"
+    fixed = nbformat.read(sub.path, as_version=4)
+    assert [c.metadata.get("nbgrader", {}).get("grade_id") for c in fixed.cells] == ["answer_a", "test_a", None]
+    assert "cells shared the grade ids ['test_a']" in sub.notes[0]
+    assert "read-only cells of the lab were deleted: ['helpers']" in sub.notes[1]
 
 
 def test_forged_sandbox_results_are_clamped_and_flagged(tmp_path):
@@ -83,11 +109,70 @@ def test_timeouts_and_missing_results(tmp_path):
     assert res.status == "timeout" and res.needs_review and res.score == 0
     res = pipeline.interpret(sub, {"result": None, "timed_out": False}, lab, LIMITS)
     assert res.status == "error" and res.needs_review
+    res = pipeline.interpret(sub, {"result": {"ok": False, "cells": {"test_a": {"score": 2}}}}, lab, LIMITS)
+    assert res.status == "error" and res.score == 0  # nbgrader failed: nothing it saved is trusted
     out = {"result": {"cells": {"test_a": {"score": 0}, "test_b": {"score": 3}},
                       "errors": {"test_a": ["KeyboardInterrupt", ""]}}}
     res = pipeline.interpret(sub, out, lab, LIMITS)
     assert "8 s limit" in res.cells["test_a"].reason and res.cells["test_b"].reason == "passed"
     assert "the cell is missing" in res.cells["written"].reason
+    assert not res.needs_review
+
+
+def test_kernel_deaths_stderr_and_guard_reports(tmp_path):
+    lab = info(tmp_path)
+    sub = pipeline.Submission("k", tmp_path / "x.ipynb")
+    out = {"result": {"ok": True, "cells": {"test_a": {"score": 2}, "test_b": {"score": None}, "written": {"score": None}},
+                      "errors": {"test_a": ["stderr", "/tmp/ipykernel_1/2.py:4: UserWarning: careful\n  warn()"],
+                                 "test_b": ["KernelDied", "the kernel died while this cell ran"]},
+                      "guarded": {"test_a": "numpy.allclose, check_close", "bogus": "x"}, "readded": ["test_b", "zzz"]}}
+    res = pipeline.interpret(sub, out, lab, LIMITS)
+    assert res.cells["test_a"].score == 0
+    assert res.cells["test_a"].reason.endswith("counts as a failure (a warning?): UserWarning: careful")
+    assert (res.cells["test_b"].score, res.cells["test_b"].reason) == (0.0, "the kernel died while this cell ran")
+    assert res.cells["written"].score is None  # a written answer still waits for an instructor
+    notes = " | ".join(res.notes)
+    assert "(check_close, numpy.allclose)" in notes and "bogus" not in notes
+    assert "test cells ['test_b'] were deleted" in notes and "zzz" not in notes
+    assert "test_b: the kernel died" in notes and res.needs_review
+
+
+def test_guard_puts_back_replaced_functions_and_given_helpers(monkeypatch, capsys):
+    import time
+
+    import numpy as np
+
+    from optcourse.autograde import guard
+
+    user_ns = {}
+    monkeypatch.setattr(guard, "_user_ns", lambda: user_ns)
+    monkeypatch.setattr(guard, "_given", {})
+    guard.install()
+    guard.given_start()
+    exec("def check_close(a, b, msg):\n    assert a == b, msg", user_ns)
+    guard.given_end()
+    helper, allclose, perf_counter = user_ns["check_close"], np.allclose, time.perf_counter
+    try:
+        np.allclose, time.perf_counter = (lambda *a, **k: True), (lambda: 0.0)
+        user_ns["check_close"] = lambda *a: None
+        guard.before_test()
+        assert np.allclose is allclose and time.perf_counter is perf_counter and user_ns["check_close"] is helper
+        assert capsys.readouterr().out.strip() == f"{guard.MARK} check_close, numpy.allclose, time.perf_counter"
+        guard.before_test()  # nothing replaced: nothing said
+        assert capsys.readouterr().out == ""
+    finally:
+        np.allclose, time.perf_counter = allclose, perf_counter
+
+
+def test_ray_results_cannot_write_outside_their_student(tmp_path):
+    from optcourse.autograde import raybackend
+
+    outcome = {"files": {"alice/outputs__m.onnx": b"m", "alice.autograded.ipynb": b"{}", "bob/x": b"no",
+                         "alice/../bob/y": b"no", "../escape": b"no"}}
+    raybackend._unpack_files(outcome, tmp_path, "alice")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "alice.autograded.ipynb", "alice/outputs__m.onnx"]
+    assert "files" not in outcome
 
 
 def test_scrub_withholds_hidden_code_and_ansi(tmp_path):
@@ -110,8 +195,10 @@ def test_feedback_escapes_and_hides(tmp_path):
 
 
 def test_sandbox_mount_plan_hides_the_repository():
-    script = _mount_script("/x/root", "/x/grading", Limits())
+    script = _mount_script("/x/root", "/x/grading", Limits(work_bytes=1 << 20))
     assert "unshare" not in script and "chroot" in script
+    assert "size=1048576 tmpfs \"$N\"/grading/autograded" in script  # the student's writable folders are tmpfs
+    assert "/dev/nvidia" not in script
     assert str(pathlib.Path(pipeline.__file__).resolve().parents[2] / "solutions") not in script
     assert "/grading" in script and "mount -t proc" in script
     ok, why = sandbox_available()
