@@ -106,10 +106,12 @@ $(UV):
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 
 # Grade a class: make autograde LAB=lab02_quantization [SUBMISSIONS=autograder/submitted|class.zip] [WORKERS=2]
+#   [BACKEND=local|ray] [RAY_ADDRESS=auto] [GPUS_PER_TASK=1]
 SUBMISSIONS ?= autograder/submitted
 autograde: setup
-	@test -n "$(LAB)" || { echo "usage: make autograde LAB=<lab> [SUBMISSIONS=folder-or-zip]"; exit 2; }
-	$(PY) -m optcourse.autograde $(LAB) $(SUBMISSIONS) --db sqlite:///$(CURDIR)/autograder/gradebook.db $(if $(WORKERS),--workers $(WORKERS))
+	@test -n "$(LAB)" || { echo "usage: make autograde LAB=<lab> [SUBMISSIONS=folder-or-zip] [BACKEND=local|ray]"; exit 2; }
+	$(PY) -m optcourse.autograde $(LAB) $(SUBMISSIONS) --db sqlite:///$(CURDIR)/autograder/gradebook.db $(if $(WORKERS),--workers $(WORKERS)) \
+	  $(if $(BACKEND),--backend $(BACKEND)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(if $(GPUS_PER_TASK),--gpus-per-task $(GPUS_PER_TASK))
 
 models-digits: setup
 	$(PY) -m optcourse.models.digits
