@@ -85,10 +85,11 @@ lab: setup
 
 # On an NVIDIA machine: the full stack (environment.yml, Docker: ENV_READY=1) or only PyTorch plus
 # WHEELS=<folder from scripts/gpu_wheels.sh>; no CPU venv is made. Report: results/gpu/<gpu>/report.md
+#   make gpu-run [WHEELS=.whl] [REPORT_DIR=...] [RUN_ARGS="--only lab03 --keep"]
 # (The CPU venv is taken off PATH: its torch is the CPU build.)
 gpu-run:
 	PATH="$(subst $(CURDIR)/$(VENV)/bin:,,$(PATH))" PYTHON=$(if $(ENV_READY),python,$(or $(GPU_PYTHON),python3)) \
-	  scripts/gpu_runner.sh $(RUN_ARGS)
+	  $(if $(WHEELS),WHEELS=$(WHEELS)) $(if $(REPORT_DIR),REPORT_DIR=$(REPORT_DIR)) scripts/gpu_runner.sh $(RUN_ARGS)
 
 release: setup
 	$(PY) -m optcourse.release

@@ -227,7 +227,7 @@ def summarize(results: Sequence[RequestResult], duration_s: float, concurrency: 
 
 
 def run_generate_batch(model, prompts: Sequence[list[int]], *, max_tokens: int = 64, concurrency: int = 8,
-                       num_requests: int | None = None, page_size: int = 16) -> LoadResult:
+                       num_requests: int | None = None) -> LoadResult:
     """The same load as ``run_load``, served in-process by transformers' continuous batching
     (``model.generate_batch``): the real serving path where vLLM is not installed.
 
@@ -246,7 +246,7 @@ def run_generate_batch(model, prompts: Sequence[list[int]], *, max_tokens: int =
     num_requests = len(prompts) if num_requests is None else int(num_requests)
     inputs = [list(prompts[i % len(prompts)]) for i in range(num_requests)]
     generation = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    batching = ContinuousBatchingConfig(max_requests_per_batch=concurrency, page_size=page_size)
+    batching = ContinuousBatchingConfig(max_requests_per_batch=concurrency)
     outputs = model.generate_batch(inputs, generation_config=generation, continuous_batching_config=batching,
                                    record_timestamps=True, progress_bar=False)
     # the run's clock: first request scheduled -> last token (the engine's warm-up, like a server's start, is not load)

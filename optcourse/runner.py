@@ -102,13 +102,15 @@ def merge_runs(out_dir: pathlib.Path, runs: list[NotebookRun], keep: bool) -> li
     ledger = out_dir / "runs.json"
     earlier = []
     if keep and ledger.exists():
-        earlier = [NotebookRun(**{**r, **{k: pathlib.Path(r[k]) for k in ("path", "output", "metrics_path", "artifacts")}})
-                   for r in json.loads(ledger.read_text())]
+        for r in json.loads(ledger.read_text()):
+            # the file locations follow from out_dir (as in execute), so a results folder can be moved
+            earlier.append(NotebookRun(r["name"], REPO_ROOT / r["path"], out_dir / "notebooks" / pathlib.Path(r["path"]).name,
+                                       out_dir / "metrics" / f"{r['name']}.json", out_dir / "artifacts" / r["name"],
+                                       r["seconds"], r["ok"], r["error"]))
     names = {r.name for r in runs}
     merged = [r for r in earlier if r.name not in names] + runs
-    ledger.write_text(json.dumps([{**dataclasses.asdict(r), **{k: str(getattr(r, k)) for k in
-                                                              ("path", "output", "metrics_path", "artifacts")}}
-                                  for r in merged], indent=2))
+    ledger.write_text(json.dumps([{"name": r.name, "path": display_path(r.path), "seconds": round(r.seconds, 1),
+                                   "ok": r.ok, "error": r.error} for r in merged], indent=2))
     return merged
 
 
@@ -196,7 +198,9 @@ def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Pat
                  smoke: bool) -> pathlib.Path:
     from optcourse.bench import system_info
 
-    system = system_info()
+    # the machine the notebooks measured on, as their kernels recorded it (a report can be rebuilt elsewhere)
+    recorded = [read_run(r.metrics_path).get("system") for r in runs]
+    system = next((info for info in recorded if info), None) or system_info()
     plot = plot_margins(rows, out_dir / "thresholds.png")
     md = [f"# Course run report — profile `{profile}` ({'smoke' if smoke else 'full'} parameters)", "",
           f"Generated {system['timestamp']} on {system['hostname']} ({system['cpu_count']} CPUs"
@@ -261,11 +265,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="run this notebook (repeatable) instead of discovering them")
     parser.add_argument("--keep", action="store_true",
                         help="add to the notebooks already run into --out (split a long run over several jobs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rebuild the report of the notebooks recorded in --out (e.g. after editing thresholds)")
     parser.add_argument("--thresholds-dir", type=pathlib.Path, default=None,
                         help="folder with <profile>.yaml (default: autograder/thresholds)")
     args = parser.parse_args(argv)
     try:
-        profile = resolve_profile(args.profile)
+        # a report can be rebuilt on any machine; running notebooks needs the profile's hardware
+        profile = args.profile if args.report_only and args.profile in ("cpu", "cuda") else resolve_profile(args.profile)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -274,11 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown --include item(s) {sorted(unknown)}; choose from labs, lectures, quiz", file=sys.stderr)
         return 2
+    args.out = args.out.resolve()   # the notebooks run in their own folders: hand them absolute paths
     args.out.mkdir(parents=True, exist_ok=True)
     caps = capabilities()
     print(f"profile {profile}: torch {caps['torch']}, onnxruntime {caps['onnxruntime']} {caps['ort_providers']}, "
           f"TensorRT {caps['tensorrt'] or 'not installed'}, vLLM {caps['vllm'] or 'not installed'}")
-    notebooks = args.notebook or discover([g for g in groups if g in GROUPS], args.only)
+    notebooks = [] if args.report_only else (args.notebook or discover([g for g in groups if g in GROUPS], args.only))
     missing = [p for p in notebooks if not p.exists()]
     if missing:
         print(f"error: notebook(s) not found: {', '.join(map(str, missing))}", file=sys.stderr)
@@ -289,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         run = execute(path, args.out, profile, smoke=not args.full, cell_timeout=args.cell_timeout)
         print(f"    {'ok' if run.ok else 'FAILED: ' + run.error} ({run.seconds:.1f} s)", flush=True)
         runs.append(run)
-    runs = merge_runs(args.out, runs, args.keep)
+    runs = merge_runs(args.out, runs, args.keep or args.report_only)
     rows = summarize(runs, profile, quiz_rows(args.out) if "quiz" in groups else [], args.thresholds_dir)
     report = write_report(rows, runs, args.out, profile, smoke=not args.full)
     print()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runner (`make gpu-run`): every lab's solution and every lecture, headless with papermill, on
 # the `cuda` profile with full parameters, checked against autograder/thresholds/cuda.yaml; the same
-# summary table and report as `make run`, under results/gpu/<gpu>/ (OUT=... to change).
+# summary table and report as `make run`, under results/gpu/<gpu>/ (REPORT_DIR=... to change).
 #
 # Where it runs:
 #   * the full stack (environment.yml, the Dockerfile): papermill, TensorRT and vLLM are there;
@@ -11,7 +11,7 @@
 #     graphs; vLLM missing: transformers' continuous batching) and the report lists which.
 #
 #   scripts/gpu_runner.sh [runner options, e.g. --only lab03 --keep]
-#   env: PYTHON (default python3), WHEELS (wheel folder), OUT, INCLUDE (default labs,lectures)
+#   env: PYTHON (default python3), WHEELS (wheel folder), REPORT_DIR, INCLUDE (default labs,lectures)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -42,6 +42,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 HF_HOME="$c
 gpu=$("$python" -c "import torch; assert torch.cuda.is_available(), 'PyTorch sees no CUDA GPU'; print(torch.cuda.get_device_name())") || {
   echo "error: the GPU runner needs an NVIDIA GPU that PyTorch sees (profile cuda)" >&2; exit 2; }
 slug=$(echo "$gpu" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-//; s/-$//')
-out=${OUT:-results/gpu/$slug}
+out=${REPORT_DIR:-results/gpu/$slug}
 echo "GPU runner on $gpu -> $out"
 exec "$python" -m optcourse.runner --profile cuda --full --include "${INCLUDE:-labs,lectures}" --out "$out" "$@"

@@ -32,6 +32,8 @@ import pytest
 from optcourse.paths import REPO_ROOT, offline_environment
 from optcourse.release import lab_names
 
+from tests.processes import group_alive
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 LAB = "lab01_tensorrt_int8"           # first cells: parameters, then imports and set-up (about 5 s on 2 cores)
@@ -177,16 +179,6 @@ class JupyterLab:
 
 class PortTaken(Exception):
     pass
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def test_gpu_runner_wheels_are_pinned_to_the_cpu_lock(repo_root):
 
 
 def test_gpu_runner_refuses_a_machine_without_a_gpu(repo_root, tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    env = {**os.environ, "PYTHON": sys.executable, "REPORT_DIR": str(tmp_path / "out")}
     proc = subprocess.run(["bash", "scripts/gpu_runner.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2

@@ -55,7 +55,7 @@ def test_runner_reports_metrics_failures_and_exit_code(notebooks, tmp_path, caps
     assert "good: TensorRT is not installed here; using the CPU provider" in report   # the path each notebook took
 
     # --keep adds a later job's notebooks to the same report (a long GPU run split over jobs); without it, a fresh report
-    args = ["--profile", "cpu", "--notebook", str(good), "--out", str(out), "--thresholds-dir", str(thresholds)]
+    args = ["--profile", "cpu", "--notebook", str(good), "--include", "labs", "--out", str(out), "--thresholds-dir", str(thresholds)]
     runner.main(args + ["--keep"])
     assert {r["item"] for r in json.loads((out / "summary.json").read_text())["rows"]} == {"good", "bad"}
     assert runner.main(args) == 0

@@ -17,21 +17,13 @@ from optcourse import kvcache, loadgen
 from optcourse.models.llm import LLM_DIR
 from optcourse.serving import ServerError, VLLMServer
 
+from tests.processes import group_alive
+
 pytestmark = [pytest.mark.server,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]
 
 KV_BLOCKS = 64
 BLOCK = 128   # vLLM's default block size on CPU; on GPUs it is 16 (the test reads it back either way)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def group_members(pgid: int) -> str:
