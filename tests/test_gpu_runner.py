@@ -38,3 +38,21 @@ def test_gpu_runner_without_papermill_asks_for_the_wheels(repo_root, tmp_path):
     proc = subprocess.run(["bash", "scripts/gpu_runner.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "WHEELS=" in proc.stderr
+
+
+def test_cuda_thresholds_hold_for_the_committed_gpu_run(repo_root):
+    """cuda.yaml was set from results/gpu/*: every rule that applies there has a measured value that passes
+    (a threshold raised past what the GPU measured, or a metric renamed, fails here)."""
+    from optcourse.metrics import check_thresholds, load_thresholds, read_run
+
+    thresholds = load_thresholds("cuda")
+    runs = sorted((repo_root / "results" / "gpu").glob("*/metrics"))
+    assert runs, "no committed GPU run under results/gpu/"
+    for metrics_dir in runs:
+        recorded = {p.stem: read_run(p) for p in metrics_dir.glob("*.json")}
+        assert set(thresholds) <= set(recorded), f"{metrics_dir.parent.name} lacks {set(thresholds) - set(recorded)}"
+        for notebook, run in recorded.items():
+            assert run["system"]["cuda"] and run["system"]["gpu"], f"{notebook} was not measured on a GPU"
+            rows = check_thresholds(notebook, run["metrics"], thresholds, run["system"])
+            failed = [(r["metric"], r["measured"], r["threshold"]) for r in rows if not r["passed"]]
+            assert not failed, f"{metrics_dir.parent.name}/{notebook}: {failed}"
