@@ -153,9 +153,12 @@ def lab01_artifacts(tmp_path_factory):
 def test_lab01_registers_its_int8_artifact():
     [c] = perf.checks_for("lab01_tensorrt_int8")
     assert c.artifact == "outputs/digits_int8_t3.onnx" and c.require_int8 and c.points == 2
-    for profile, speedup in (("cpu", 1.8), ("cuda", 1.6)):  # the lab's own thresholds of each profile
+    from optcourse.metrics import load_thresholds
+
+    for profile in ("cpu", "cuda"):  # the lab's own thresholds of each profile
         ctx = perf.PerfContext(lab="lab01_tensorrt_int8", profile=profile)
-        assert c.threshold(ctx, c.speedup_metric, None) == speedup
+        speedup = load_thresholds(profile)["lab01_tensorrt_int8"][c.speedup_metric]["min"]
+        assert speedup >= 1.2 and c.threshold(ctx, c.speedup_metric, None) == speedup
         assert c.threshold(ctx, c.accuracy_drop_metric, None, bound="max") == 1.0
 
 
