@@ -113,3 +113,30 @@ def test_only_loopback_is_allowed(url):
 def test_loopback_forms_are_accepted():
     for url in ("http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1"):
         loadgen.check_loopback(url)
+
+
+def test_run_generate_batch_turns_engine_timestamps_into_the_load_summary():
+    """transformers' continuous batching (lab 03's path without vLLM): per-token timestamps -> TTFT/ITL/E2E."""
+    import types
+
+    class FakeEngine:  # stands in for a model's generate_batch: fixed timestamps, one failed request
+        def generate_batch(self, inputs, generation_config, continuous_batching_config, record_timestamps, progress_bar):
+            assert record_timestamps and continuous_batching_config.max_requests_per_batch == 2
+            assert generation_config.max_new_tokens == 3
+            out = {}
+            for i, (start, stamps) in enumerate([(10.0, [10.5, 10.6, 10.8]), (10.2, [11.0, 11.1, 11.3])]):
+                out[f"req_{i}"] = types.SimpleNamespace(error=None, lifespan=(start, stamps[-1]), timestamps=stamps,
+                                                        generated_tokens=[1, 2, 3])
+            out["req_2"] = types.SimpleNamespace(error="out of blocks", lifespan=(-1, -1), timestamps=None,
+                                                 generated_tokens=[])
+            return out
+
+    res = loadgen.run_generate_batch(FakeEngine(), [[1, 2], [3]], max_tokens=3, concurrency=2, num_requests=3)
+    assert [r.ok for r in res.results] == [True, True, False] and res.results[2].error == "out of blocks"
+    first, second = res.results[:2]
+    assert first.ttft_s == pytest.approx(0.5) and second.ttft_s == pytest.approx(0.8)  # from when each was scheduled
+    assert first.itl_s == pytest.approx([0.1, 0.2]) and second.e2e_s == pytest.approx(1.1)
+    assert res.duration_s == pytest.approx(1.3)                                     # first scheduled -> last token
+    assert res.summary()["output_tokens_per_s"] == pytest.approx(6 / 1.3)
+    with pytest.raises(ValueError, match="concurrency"):
+        loadgen.run_generate_batch(FakeEngine(), [[1]], concurrency=0)
