@@ -146,18 +146,17 @@ def stream_completion(url: str, model: str, prompt: str | list[int], max_tokens:
     return result
 
 
-def run_load(url: str, model: str, prompts: Sequence[str | list[int]], *, max_tokens: int = 64,
+def run_load(url: str, model: str, prompts: Sequence[str | list[int]], *, max_tokens: int | Sequence[int] = 64,
              concurrency: int = 8, num_requests: int | None = None, time_limit_s: float = 120.0,
              timeout_s: float = 120.0, progress: bool = False, **extra) -> LoadResult:
     """Send ``num_requests`` streaming requests (default: one per prompt, cycling through ``prompts``)
     with at most ``concurrency`` in flight (closed loop: each worker sends its next request when its
-    previous one finished). No new request starts after ``time_limit_s``."""
+    previous one finished). No new request starts after ``time_limit_s``.
+
+    ``max_tokens`` is one limit for every request, or one per request (request ``i`` takes
+    ``max_tokens[i % len(max_tokens)]``): real traffic asks for outputs of varied lengths."""
     check_loopback(url)
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
-    if not prompts:
-        raise ValueError("run_load needs at least one prompt")
-    num_requests = len(prompts) if num_requests is None else int(num_requests)
+    limits, num_requests = _check_load("run_load", prompts, max_tokens, num_requests, concurrency=concurrency)
     todo: queue.Queue[int] = queue.Queue()
     for i in range(num_requests):
         todo.put(i)
@@ -177,8 +176,8 @@ def run_load(url: str, model: str, prompts: Sequence[str | list[int]], *, max_to
                 i = todo.get_nowait()
             except queue.Empty:
                 return
-            r = stream_completion(url, model, prompts[i % len(prompts)], max_tokens, index=i, timeout_s=timeout_s,
-                                  run_start=start, **extra)
+            r = stream_completion(url, model, prompts[i % len(prompts)], limits[i % len(limits)], index=i,
+                                  timeout_s=timeout_s, run_start=start, **extra)
             with lock:
                 results.append(r)
                 if bar is not None:
@@ -194,6 +193,72 @@ def run_load(url: str, model: str, prompts: Sequence[str | list[int]], *, max_to
         bar.close()
     results.sort(key=lambda r: r.index)
     return LoadResult(results, duration, concurrency)
+
+
+def _check_load(caller: str, prompts: Sequence, max_tokens: int | Sequence[int], num_requests: int | None,
+                **at_least_one: int) -> tuple[list[int], int]:
+    """Validate a load's arguments; returns the per-request token limits and the number of requests."""
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if not prompts:
+        raise ValueError(f"{caller} needs at least one prompt")
+    limits = [int(max_tokens)] if isinstance(max_tokens, (int, np.integer)) else [int(m) for m in max_tokens]
+    if not limits or min(limits) < 1:
+        raise ValueError(f"max_tokens must be a positive int or a non-empty list of them, got {max_tokens!r}")
+    return limits, len(prompts) if num_requests is None else int(num_requests)
+
+
+@dataclasses.dataclass
+class StaticBatchResult:
+    """One pass of static batching over a list of requests."""
+
+    useful_tokens: int        # what the requests asked for: sum of their max_tokens
+    generated_tokens: int     # what the batches computed: every row runs to its batch's longest request
+    duration_s: float
+    batches: int
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        """Tokens delivered to the requests per second (a padded row's extra tokens are thrown away)."""
+        return self.useful_tokens / self.duration_s if self.duration_s > 0 else math.nan
+
+    @property
+    def slot_efficiency(self) -> float:
+        """Share of the computed tokens that some request wanted (1.0 when all lengths in a batch agree)."""
+        return self.useful_tokens / self.generated_tokens if self.generated_tokens else math.nan
+
+
+def run_static_batches(model, prompts: Sequence[list[int]], max_tokens: int | Sequence[int], *,
+                       batch_size: int = 16, pad_token_id: int = 0,
+                       num_requests: int | None = None) -> StaticBatchResult:
+    """Serve requests the way a server without continuous batching does: in arrival order, in batches
+    of ``batch_size`` (left-padded), each batch ``model.generate``-d until its longest request has its
+    ``max_tokens`` (EOS ignored, as ``ignore_eos`` does for vLLM). A request that wanted fewer tokens
+    keeps its slot until the batch ends, and no waiting request can take it. Request ``i`` is
+    ``prompts[i % len(prompts)]`` with ``max_tokens[i % len(max_tokens)]``, as in ``run_load``."""
+    import torch
+
+    limits, num_requests = _check_load("run_static_batches", prompts, max_tokens, num_requests, batch_size=batch_size)
+    device = next(model.parameters()).device
+    useful = generated = batches = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, num_requests, batch_size):
+            ids = [list(prompts[i % len(prompts)]) for i in range(first, min(first + batch_size, num_requests))]
+            wants = [limits[i % len(limits)] for i in range(first, first + len(ids))]
+            width = max(len(x) for x in ids)
+            input_ids = torch.tensor([[pad_token_id] * (width - len(x)) + x for x in ids], device=device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+            steps = max(wants)
+            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=steps,
+                                 min_new_tokens=steps, do_sample=False, pad_token_id=pad_token_id)
+            if out.shape[1] - width != steps:
+                raise RuntimeError(f"generate produced {out.shape[1] - width} tokens, {steps} were asked for")
+            useful, generated, batches = useful + sum(wants), generated + steps * len(ids), batches + 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return StaticBatchResult(useful, generated, time.perf_counter() - start, batches)
 
 
 def percentiles(values: Sequence[float], qs: Sequence[float] = PERCENTILES) -> dict[str, float]:
@@ -239,11 +304,7 @@ def run_generate_batch(model, prompts: Sequence[list[int]], *, max_tokens: int =
     """
     from transformers.generation import ContinuousBatchingConfig, GenerationConfig
 
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
-    if not prompts:
-        raise ValueError("run_generate_batch needs at least one prompt")
-    num_requests = len(prompts) if num_requests is None else int(num_requests)
+    _, num_requests = _check_load("run_generate_batch", prompts, max_tokens, num_requests, concurrency=concurrency)
     inputs = [list(prompts[i % len(prompts)]) for i in range(num_requests)]
     generation = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
     batching = ContinuousBatchingConfig(max_requests_per_batch=concurrency)

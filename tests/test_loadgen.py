@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from optcourse import loadgen
 
@@ -140,3 +141,51 @@ def test_run_generate_batch_turns_engine_timestamps_into_the_load_summary():
     assert res.summary()["output_tokens_per_s"] == pytest.approx(6 / 1.3)
     with pytest.raises(ValueError, match="concurrency"):
         loadgen.run_generate_batch(FakeEngine(), [[1]], concurrency=0)
+
+
+def test_run_load_takes_one_max_tokens_per_request(fake_server):
+    res = loadgen.run_load(fake_server, "fake", ["a", "b"], max_tokens=[2, 7, 4], concurrency=2, num_requests=5)
+    assert [r.output_tokens for r in res.results] == [2, 7, 4, 2, 7]
+    for bad in ([], [3, 0], -1):
+        with pytest.raises(ValueError):
+            loadgen.run_load(fake_server, "fake", ["a"], max_tokens=bad, num_requests=1)
+
+
+class RecordingGenerator(torch.nn.Module):
+    """Stands in for a causal LM: records each generate call and returns prompt + the asked-for tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, min_new_tokens, do_sample, pad_token_id):
+        self.calls.append((input_ids.tolist(), attention_mask.tolist(), max_new_tokens, min_new_tokens))
+        return torch.cat([input_ids, torch.full((input_ids.shape[0], max_new_tokens), 7)], dim=1)
+
+
+def test_static_batches_run_each_batch_to_its_longest_request():
+    model = RecordingGenerator()
+    res = loadgen.run_static_batches(model, [[1, 2, 3], [4]], [5, 1, 2], batch_size=2, pad_token_id=0, num_requests=5)
+    # requests (prompt, tokens): ([1,2,3],5) ([4],1) | ([1,2,3],2) ([4],5) | ([1,2,3],1)
+    assert [c[2] for c in model.calls] == [5, 5, 1] and [c[3] for c in model.calls] == [5, 5, 1]
+    ids, mask, _, _ = model.calls[0]
+    assert ids == [[1, 2, 3], [0, 0, 4]] and mask == [[1, 1, 1], [0, 0, 1]]   # left padding, masked
+    assert model.calls[2][0] == [[1, 2, 3]]
+    assert res.batches == 3 and res.useful_tokens == 5 + 1 + 2 + 5 + 1
+    assert res.generated_tokens == 2 * 5 + 2 * 5 + 1
+    assert res.slot_efficiency == pytest.approx(14 / 21)
+    assert res.output_tokens_per_s == pytest.approx(14 / res.duration_s)
+    equal = loadgen.run_static_batches(RecordingGenerator(), [[1], [2], [3]], 4, batch_size=2)
+    assert equal.slot_efficiency == 1.0 and equal.useful_tokens == 12
+
+
+def test_static_batches_on_the_course_llama_generate_what_was_asked():
+    from optcourse.models import llm
+
+    tok, model = llm.load_course_llama()
+    prompts = [tok(t)["input_ids"] for t in ("import os", "def parse(argv):\n    ")]
+    res = loadgen.run_static_batches(model, prompts, [3, 6], batch_size=2, pad_token_id=tok.pad_token_id or 0)
+    assert (res.useful_tokens, res.generated_tokens, res.batches) == (9, 12, 1)
+    with pytest.raises(ValueError):
+        loadgen.run_static_batches(model, prompts, 3, batch_size=0)
