@@ -215,6 +215,8 @@ def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Pat
     md += ["## Notebooks", ""]
     for run in runs:
         rel = run.output.relative_to(out_dir)
+        if not run.output.exists() and run.output.with_suffix(".html").exists():
+            rel = rel.with_suffix(".html")   # a committed record keeps the executed notebook as HTML only
         md.append(f"- `{display_path(run.path)}` → [{rel}]({rel}) — {run.seconds:.1f} s, "
                   f"{'ok' if run.ok else 'FAILED: ' + run.error}")
     md += ["", "## System", "", "```json", json.dumps(system, indent=2), "```", ""]
