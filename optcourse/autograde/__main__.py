@@ -53,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if args.profile == "cuda" else 0.0)
     limits = Limits(cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.notebook_timeout,
                     memory_bytes=int(args.memory_gb * (1 << 30)))
-    report = grade_batch(args.lab, args.submissions, out, source_dir=args.source_dir, db_url=args.db,
-                         workers=args.workers, limits=limits, profile=args.profile, progress=not args.no_progress,
-                         keep_autograded=args.keep_autograded, backend=args.backend, ray_address=args.ray_address,
-                         gpus_per_task=gpus)
+    try:
+        report = grade_batch(args.lab, args.submissions, out, source_dir=args.source_dir, db_url=args.db,
+                             workers=args.workers, limits=limits, profile=args.profile, progress=not args.no_progress,
+                             keep_autograded=args.keep_autograded, backend=args.backend,
+                             ray_address=args.ray_address, gpus_per_task=gpus)
+    except ValueError as err:  # e.g. more GPUs per task than the cluster has: nothing was graded
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 1
     print()
     print(report.table)
     print(f"\n{len(report.results)} submissions graded in {report.wall_s:.1f} s with {args.workers} workers "

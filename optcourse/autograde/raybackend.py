@@ -68,7 +68,8 @@ def run(tasks: dict[str, dict], template: pathlib.Path, *, workers: int, address
     """Grade ``tasks`` (student -> task) on Ray; yield ``(student, outcome)`` as tasks finish.
 
     Without ``address`` a private local Ray instance with ``workers`` CPUs is started (no dashboard,
-    its temp folder and logs in a fresh folder under the system temp directory, removed afterwards)."""
+    its temp folder and logs in a fresh folder under the system temp directory, removed afterwards).
+    Raises ``ValueError`` before grading anything when the cluster has fewer GPUs than one task asks for."""
     import ray
 
     temp = None
@@ -80,6 +81,10 @@ def run(tasks: dict[str, dict], template: pathlib.Path, *, workers: int, address
         ray.init(num_cpus=max(1, workers), num_gpus=None if gpus_per_task else 0, include_dashboard=False,
                  logging_level=logging.ERROR, log_to_driver=False, _temp_dir=temp)
     try:
+        have = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_task > have:  # Ray would queue such tasks forever
+            raise ValueError(f"each submission asks for {gpus_per_task:g} GPU(s) (--gpus-per-task) but the Ray "
+                             f"cluster has {have:g}: pass --gpus-per-task 0 or a cluster with GPUs")
         remote = ray.remote(grade_remote).options(num_cpus=1, num_gpus=gpus_per_task, max_retries=0)
         template_ref = ray.put(pack(template))
         refs = {remote.remote(t, template_ref, pathlib.Path(t["path"]).read_bytes()): name for name, t in tasks.items()}

@@ -272,3 +272,95 @@ def test_ray_backend_grades_like_the_local_pool(batch, tmp_path):
         assert "did not save outputs/result.bin" in r.perf[0].reason
         assert (tmp_path / "out" / "artifacts" / f"{name}.autograded.ipynb").is_file()
     assert '"backend": "ray"' in (tmp_path / "out" / "summary.json").read_text()
+
+
+GPU_CELL = "import os\nprint('CUDA_VISIBLE_DEVICES=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"
+
+
+@pytest.fixture
+def ray_cluster_with_gpus(tmp_path, monkeypatch):
+    """A Ray head of 2 CPUs that declares 2 GPUs (Ray schedules by the declared count: no hardware needed), as
+    `ray start` runs on a class-scale cluster, with token authentication (Ray's default for a cluster: the
+    driver then needs RAY_AUTH_MODE=token and the token, here ~/.ray/auth_token); stopped by its process group."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the head's; the driver (the CLI in the test) sets its own
+    import os
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    from tests.processes import group_alive
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray-gpu-", dir="/tmp")  # short: Ray's Unix sockets live in it
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}"], stdout=open(tmp_path / "ray-head.log", "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the GCS port answers once the head is up
+            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-2000:]
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the Ray head did not come up in 90 s"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        deadline = time.monotonic() + 20
+        while group_alive(head.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if group_alive(head.pid):
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_gpu_tasks_get_one_gpu_each_and_the_sandbox_sees_it(tmp_path, ray_cluster_with_gpus):
+    """`--backend ray --ray-address ... --gpus-per-task 1` (the CLI, as an instructor runs it against a cluster):
+    every submission's task holds one GPU of its own, Ray's CUDA_VISIBLE_DEVICES reaches the kernel inside the
+    sandbox, and the grades are right; asking for more GPUs than the cluster has is refused with a clear error
+    before anything is graded, instead of queueing forever."""
+    import json
+    import os
+    import subprocess
+
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLES / "source", source)
+    subs = tmp_path / "submitted"
+    for name in ("ann", "bob"):
+        (subs / name / "demo_lab").mkdir(parents=True)
+        with_cell(SAMPLES / "submissions" / "good.ipynb", GPU_CELL, subs / name / "demo_lab" / "demo_lab.ipynb")
+
+    def cli(out, gpus):
+        # Ray reads RAY_AUTH_MODE when it is imported: a fresh process, as an instructor's shell would start it
+        return subprocess.run([sys.executable, "-m", "optcourse.autograde", "demo_lab", str(subs), "--out", str(out),
+                               "--source-dir", str(source), "--backend", "ray", "--ray-address", ray_cluster_with_gpus,
+                               "--gpus-per-task", str(gpus), "--keep-autograded", "--no-progress"],
+                              env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=400)
+
+    run = cli(tmp_path / "out", 1)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["backend"] == "ray" and {s: r["score"] for s, r in summary["students"].items()} == {"ann": 5, "bob": 5}
+    seen = []
+    for name in ("ann", "bob"):
+        executed = nbformat.read(tmp_path / "out" / "artifacts" / f"{name}.autograded.ipynb", as_version=4)
+        text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+        seen += [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")]
+    assert len(seen) == 2 and set(seen) <= {"0", "1"}, seen   # one of the two declared GPUs each, never "unset"
+
+    refused = cli(tmp_path / "out3", 3)
+    assert refused.returncode == 1 and "asks for 3 GPU(s)" in refused.stderr and "cluster has 2" in refused.stderr, \
+        refused.stderr[-2000:]
+    assert not (tmp_path / "out3" / "grades.csv").exists()
