@@ -304,7 +304,10 @@ def run_generate_batch(model, prompts: Sequence[list[int]], *, max_tokens: int =
     """
     from transformers.generation import ContinuousBatchingConfig, GenerationConfig
 
-    _, num_requests = _check_load("run_generate_batch", prompts, max_tokens, num_requests, concurrency=concurrency)
+    limits, num_requests = _check_load("run_generate_batch", prompts, max_tokens, num_requests, concurrency=concurrency)
+    if len(limits) != 1:
+        raise ValueError("run_generate_batch takes one max_tokens for every request (generate_batch has one "
+                         "max_new_tokens)")
     inputs = [list(prompts[i % len(prompts)]) for i in range(num_requests)]
     generation = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
     batching = ContinuousBatchingConfig(max_requests_per_batch=concurrency)

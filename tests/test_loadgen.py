@@ -139,6 +139,8 @@ def test_run_generate_batch_turns_engine_timestamps_into_the_load_summary():
     assert first.itl_s == pytest.approx([0.1, 0.2]) and second.e2e_s == pytest.approx(1.1)
     assert res.duration_s == pytest.approx(1.3)                                     # first scheduled -> last token
     assert res.summary()["output_tokens_per_s"] == pytest.approx(6 / 1.3)
+    with pytest.raises(ValueError, match="one max_tokens"):
+        loadgen.run_generate_batch(FakeEngine(), [[1, 2]], max_tokens=[3, 4], concurrency=2)
     with pytest.raises(ValueError, match="concurrency"):
         loadgen.run_generate_batch(FakeEngine(), [[1]], concurrency=0)
 
