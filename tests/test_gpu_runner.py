@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def pins(path):
     out = {}
@@ -56,3 +58,37 @@ def test_cuda_thresholds_hold_for_the_committed_gpu_run(repo_root):
             rows = check_thresholds(notebook, run["metrics"], thresholds, run["system"])
             failed = [(r["metric"], r["measured"], r["threshold"]) for r in rows if not r["passed"]]
             assert not failed, f"{metrics_dir.parent.name}/{notebook}: {failed}"
+
+
+def test_committed_notebook_pages_share_one_stylesheet(repo_root):
+    """The GPU record's executed notebooks (nbconvert HTML) link notebooks/nbconvert.css instead of each
+    embedding the same ~260 KB of CSS (scripts/share_notebook_css.py)."""
+    folders = sorted((repo_root / "results" / "gpu").glob("*/notebooks"))
+    assert folders
+    for folder in folders:
+        css = (folder / "nbconvert.css").read_text()
+        assert len(css) > 10_000
+        for page in folder.glob("*.html"):
+            text = page.read_text()
+            assert text.count('href="nbconvert.css"') == 1 and css[:2000] not in text, page
+
+
+def test_share_notebook_css_moves_the_common_leading_styles_once(repo_root, tmp_path):
+    sys.path.insert(0, str(repo_root / "scripts"))
+    import share_notebook_css
+
+    for name, body in (("a", "<p>one</p>"), ("b", "<p>two</p>")):
+        (tmp_path / f"{name}.html").write_text(
+            f"<head><script></script><style>p {{}}</style>\n<style>b {{}}</style><style>{name} {{}}</style>"
+            f"<script></script><style>late {{}}</style></head>{body}")
+    (tmp_path / "c.html").write_text("<head><style>p {}</style>\n<style>b {}</style><script></script></head>")
+    with pytest.raises(SystemExit, match="do not share"):   # a's and b's leading runs differ from c's
+        share_notebook_css.share(tmp_path)
+    (tmp_path / "c.html").unlink()
+    (tmp_path / "a.html").write_text((tmp_path / "b.html").read_text().replace("two", "one"))
+    assert share_notebook_css.share(tmp_path) == 2
+    assert (tmp_path / "nbconvert.css").read_text() == "p {}b {}b {}"
+    assert (tmp_path / "a.html").read_text() == ('<head><script></script><link rel="stylesheet" href="nbconvert.css">\n'
+                                                 '<script></script><style>late {}</style></head><p>one</p>')
+    with pytest.raises(SystemExit, match="already shared"):
+        share_notebook_css.share(tmp_path)
