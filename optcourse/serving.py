@@ -7,6 +7,7 @@ so the server is started as ``python -m vllm.entrypoints.openai.api_server``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -38,7 +39,7 @@ class VLLMServer:
     def __init__(self, model: str | os.PathLike, args: list[str] | None = None, port: int | None = None,
                  served_model_name: str = "course-llama", startup_timeout: float = 600.0,
                  env: dict[str, str] | None = None, log_path: str | os.PathLike | None = None,
-                 kv_cache_space_gib: float | None = 1.0):
+                 kv_cache_space_gib: int | None = 1):
         self.model = str(model)
         self.args = list(args or [])
         self.port = port or free_port()
@@ -46,8 +47,13 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.env = {**os.environ, **offline_environment(), **(env or {})}
         if kv_cache_space_gib is not None:
-            # the CPU build sizes its KV cache from this (GiB); the GPU build ignores it
-            self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_space_gib))
+            # the CPU build sizes its KV cache from this (whole GiB: vLLM parses it with int(), so "1.0" stops
+            # the server at start-up); the GPU build ignores it
+            if int(kv_cache_space_gib) != kv_cache_space_gib or kv_cache_space_gib < 1:
+                raise ValueError(f"kv_cache_space_gib must be a whole number of GiB >= 1 (vLLM's "
+                                 f"VLLM_CPU_KVCACHE_SPACE), got {kv_cache_space_gib!r}; for a finer size pass "
+                                 f"--kv-cache-memory-bytes in args and kv_cache_space_gib=None")
+            self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_space_gib)))
         self.log_path = pathlib.Path(log_path) if log_path else pathlib.Path(tempfile.mkstemp(suffix="-vllm.log")[1])
         self.process: subprocess.Popen | None = None
 
@@ -100,6 +106,20 @@ class VLLMServer:
             deadline = time.time() + 10  # bounded: an unreaped zombie must not hang the caller
             while time.time() < deadline and _group_alive(group, self.process):
                 time.sleep(0.1)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Freeze the whole server (SIGSTOP to its process group) for the duration of a ``with`` block,
+        e.g. while a baseline is timed on the same cores: even idle, its processes' wake-ups cost a CPU
+        baseline ~10 % on 2 cores. Requests sent meanwhile wait until it resumes (SIGCONT, also on error)."""
+        if self.process is None or self.process.poll() is not None:
+            raise ServerError("the server is not running; nothing to pause")
+        group = self.process.pid
+        _signal_group(group, signal.SIGSTOP)
+        try:
+            yield self
+        finally:
+            _signal_group(group, signal.SIGCONT)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

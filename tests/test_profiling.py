@@ -60,8 +60,12 @@ def test_ort_top_operators(tmp_path):
     rows = profiling.ort_top_operators(
         lambda opts: ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"]),
         {"x": torch.randn(1, 3, 8, 8).numpy()}, repeat=3)
-    assert rows and rows[0]["name"] in {"Conv", "FusedConv"}
-    assert rows[0]["calls"] == pytest.approx(1.0)
+    # which op costs most is timing (ORT may add layout ops such as ReorderOutput around a tiny conv, and
+    # one slow call can put them first): check what does not depend on the clock
+    conv = [r for r in rows if r["name"] in {"Conv", "FusedConv"}]
+    assert len(conv) == 1 and conv[0]["calls"] == pytest.approx(1.0)  # one conv per run, warm-up runs left out
+    assert rows == sorted(rows, key=lambda r: r["self_cpu_ms"], reverse=True)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
 
 
 def test_nvml_says_plainly_when_absent(monkeypatch):

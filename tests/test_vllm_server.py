@@ -87,6 +87,31 @@ def test_streaming_load_and_metrics(server):
     assert generated >= 6 * 16
 
 
+def group_states(pgid: int) -> set[str]:
+    out = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return {line.strip()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.timeout(300)
+def test_paused_freezes_every_process_and_resumes(server):
+    import threading
+
+    replies = []
+    with server.paused():
+        assert group_states(server.process.pid) == {"T"}, "every process of the group is stopped"
+        assert not server.healthy()   # no answer within healthy()'s 2 s
+        sent = threading.Thread(target=lambda: replies.append(server.complete("def parse(", max_tokens=4)))
+        sent.start()
+        sent.join(1.0)
+        assert not replies, "a request sent while paused waits"
+    sent.join(60)
+    assert replies and replies[0]["usage"]["completion_tokens"] == 4
+    assert "T" not in group_states(server.process.pid) and server.healthy()
+    with pytest.raises(RuntimeError, match="boom"), server.paused():   # resumed on error too
+        raise RuntimeError("boom")
+    assert server.healthy()
+
+
 @pytest.mark.timeout(600)
 def test_a_failed_start_raises_and_leaves_nothing(tmp_path):
     srv = VLLMServer(LLM_DIR, ["--no-such-option"], kv_cache_space_gib=None, startup_timeout=600,
@@ -95,5 +120,24 @@ def test_a_failed_start_raises_and_leaves_nothing(tmp_path):
         srv.start()
     srv.stop()
     assert srv.process.poll() is not None and wait_group_gone(srv.process.pid), group_members(srv.process.pid)
-    # and a stop() of a server that never started is harmless
+    # and a stop() of a server that never started is harmless; pausing one that is not running is refused
     VLLMServer(LLM_DIR).stop()
+    for not_running in (srv, VLLMServer(LLM_DIR)):
+        with pytest.raises(ServerError, match="not running"), not_running.paused():
+            pass
+
+
+def test_the_default_kv_cache_size_is_one_vllm_accepts(monkeypatch):
+    """VLLM_CPU_KVCACHE_SPACE as vLLM itself parses it (it once got "1.0", which stops the server at start)."""
+    import vllm.envs
+
+    def parsed_by_vllm(**kwargs):
+        monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # the server's env keeps one already set
+        monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", VLLMServer(LLM_DIR, **kwargs).env["VLLM_CPU_KVCACHE_SPACE"])
+        return vllm.envs.environment_variables["VLLM_CPU_KVCACHE_SPACE"]()
+
+    assert parsed_by_vllm() == 1
+    assert parsed_by_vllm(kv_cache_space_gib=4.0) == 4
+    for bad in (0.5, 0, 1.5):
+        with pytest.raises(ValueError, match="whole number of GiB"):
+            VLLMServer(LLM_DIR, kv_cache_space_gib=bad)
