@@ -26,9 +26,13 @@ KV_BLOCKS = 64
 BLOCK = 128   # vLLM's default block size on CPU; on GPUs it is 16 (the test reads it back either way)
 
 
+def ps_group(pgid: int, columns: str) -> str:
+    """``ps`` of every process in the group, the given columns (``stat=``: state letters, no header)."""
+    return subprocess.run(["ps", "-o", columns, "-g", str(pgid)], capture_output=True, text=True).stdout
+
+
 def group_members(pgid: int) -> str:
-    out = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(pgid)], capture_output=True, text=True).stdout
-    return out[:2000]
+    return ps_group(pgid, "pid,stat,args")[:2000]
 
 
 def wait_group_gone(pgid: int, timeout: float = 30.0) -> bool:
@@ -88,8 +92,7 @@ def test_streaming_load_and_metrics(server):
 
 
 def group_states(pgid: int) -> set[str]:
-    out = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
-    return {line.strip()[0] for line in out.splitlines() if line.strip()}
+    return {line.strip()[0] for line in ps_group(pgid, "stat=").splitlines() if line.strip()}
 
 
 @pytest.mark.timeout(300)
