@@ -58,8 +58,14 @@ def generate(labs: list[str] | None = None, dest: pathlib.Path = LABS_DIR) -> li
     return labs
 
 
-def main() -> int:
-    labs = generate()
+def main(argv: list[str] | None = None) -> int:
+    """``python -m optcourse.release [LAB ...]``: regenerate the named labs (default: every lab)."""
+    names = list(sys.argv[1:] if argv is None else argv)
+    unknown = sorted(set(names) - set(lab_names()))
+    if unknown:
+        print(f"error: unknown lab(s) {', '.join(unknown)}; labs: {', '.join(lab_names())}", file=sys.stderr)
+        return 2
+    labs = generate(names or None)
     for lab in labs:
         print(f"released {lab} -> {(LABS_DIR / lab).relative_to(REPO_ROOT)}")
     return 0
