@@ -45,7 +45,9 @@ class VLLMServer:
         self.port = port or free_port()
         self.served_model_name = served_model_name
         self.startup_timeout = startup_timeout
-        self.env = {**os.environ, **offline_environment(), **(env or {})}
+        # the offline defaults fill only what the caller's environment leaves unset: a sandbox (the class
+        # autograder) points the caches (TORCHINDUCTOR_CACHE_DIR, VLLM_CACHE_ROOT, HF_HOME) at folders it can write
+        self.env = {**offline_environment(), **os.environ, **(env or {})}
         if kv_cache_space_gib is not None:
             # the CPU build sizes its KV cache from this (whole GiB: vLLM parses it with int(), so "1.0" stops
             # the server at start-up); the GPU build ignores it

@@ -144,3 +144,15 @@ def test_the_default_kv_cache_size_is_one_vllm_accepts(monkeypatch):
     for bad in (0.5, 0, 1.5):
         with pytest.raises(ValueError, match="whole number of GiB"):
             VLLMServer(LLM_DIR, kv_cache_space_gib=bad)
+
+
+def test_the_callers_cache_folders_win(monkeypatch, tmp_path):
+    """A sandbox (the class autograder) points the caches at folders it can write: the server keeps them;
+    the offline defaults only fill what is unset, and an explicit env= wins over both."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    env = VLLMServer(LLM_DIR, env={"VLLM_CACHE_ROOT": "/elsewhere"}).env
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    assert env["VLLM_CACHE_ROOT"] == "/elsewhere"
+    assert env["HF_HUB_OFFLINE"] == "1"
