@@ -43,7 +43,7 @@ export IPYTHONDIR := $(CACHE)/ipython
 export MPLCONFIGDIR := $(CACHE)/matplotlib
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help gpu-run setup run test test-fast lab release lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean browser-deps
+.PHONY: help gpu-run setup run test test-fast lab validate release lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean browser-deps
 
 help:
 	@sed -n '1,9p' Makefile
@@ -82,6 +82,12 @@ lab: setup
 	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
 	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$$token"; \
 	$(PY) -m jupyterlab --ip $(IP) --port $(PORT) --no-browser --ServerApp.token=$$token --notebook-dir labs
+
+# Check a lab notebook before submitting: runs it and its visible tests with the grader's rules.
+#   make validate LAB=lab02_quantization [NB=labs/lab02_quantization/lab02_quantization.ipynb]
+validate: setup
+	@test -n "$(LAB)$(NB)" || { echo "usage: make validate LAB=<lab> [NB=<your notebook>]"; exit 2; }
+	$(PY) -m optcourse.validate $(or $(NB),labs/$(LAB)/$(LAB).ipynb)
 
 # On an NVIDIA machine: the full stack (environment.yml, Docker: ENV_READY=1) or only PyTorch plus
 # WHEELS=<folder from scripts/gpu_wheels.sh>; no CPU venv is made. Report: results/gpu/<gpu>/report.md

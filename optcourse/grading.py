@@ -44,6 +44,8 @@ def autograde_notebook(lab: str, notebook: str | pathlib.Path, student: str = "s
     from nbgrader.api import Gradebook
     from nbgrader.apps import NbGraderAPI
 
+    from optcourse.autograde.stderr_notes import autograde_preprocessors
+
     notebook = pathlib.Path(notebook)
     lab_source = source_dir / lab
     if not lab_source.is_dir():
@@ -67,6 +69,7 @@ def autograde_notebook(lab: str, notebook: str | pathlib.Path, student: str = "s
             "CourseDirectory.db_url": db_url,
             "ExecutePreprocessor.timeout": timeout,
             "Execute.timeout": timeout,
+            "Autograde.autograde_preprocessors": autograde_preprocessors(),  # warnings cost no points
         })
         api = NbGraderAPI(config=config)
         result = api.generate_assignment(lab, force=True)

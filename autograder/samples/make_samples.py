@@ -294,7 +294,7 @@ CATALOGUE: dict[str, tuple[str, object]] = {
                          lambda: _answered(normalize="import numpy as np\n\ndef normalize(x):\n"
                                                      "    x = np.asarray(x, dtype=float)\n"
                                                      "    return np.round(x / np.linalg.norm(x), 2)")),
-    "warns_stderr": ("task 1 right but warns (stderr output in a test cell scores 0 in nbgrader)",
+    "warns_stderr": ("task 1 right but warns (the grader shows the warning as a note; it costs no points)",
                      lambda: _answered(add="import warnings\n\ndef add(a, b):\n"
                                            "    warnings.warn('add was called')\n    return a + b")),
     "blank": ("nothing answered", lambda: student_version(source_notebook())),

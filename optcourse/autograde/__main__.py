@@ -10,7 +10,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from optcourse.autograde.sandbox import Limits, sandbox_available
+    from optcourse.autograde.sandbox import sandbox_available
     from optcourse.paths import apply_offline_environment
 
     p = argparse.ArgumentParser(prog="python -m optcourse.autograde", description=__doc__.splitlines()[0])
@@ -31,9 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus-per-task", type=float, default=None,
                    help="GPUs per submission: shows the NVIDIA devices to the sandbox, and Ray schedules by them "
                         "(default: 1 with --profile cuda, else 0)")
-    p.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell (default 120)")
-    p.add_argument("--notebook-timeout", type=int, default=900, help="seconds per notebook (default 900)")
-    p.add_argument("--memory-gb", type=float, default=4.0, help="address-space limit of the kernel (default 4)")
+    p.add_argument("--cell-timeout", type=int, default=None,
+                   help="seconds per cell (default: the lab's own limit from its metadata, else 60)")
+    p.add_argument("--notebook-timeout", type=int, default=None,
+                   help="seconds per notebook (default: the lab's own limit, else 300)")
+    p.add_argument("--memory-gb", type=float, default=None,
+                   help="address-space limit of the kernel in GiB (default: the lab's own, else 4)")
     p.add_argument("--profile", default=None, choices=["cpu", "cuda"], help="hardware profile for thresholds")
     p.add_argument("--keep-autograded", action="store_true",
                    help="keep each executed notebook as OUT/artifacts/<student>.autograded.ipynb (for instructors)")
@@ -51,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or f"build/autograde/{args.lab}"
     gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if args.profile == "cuda" else 0.0)
-    limits = Limits(cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.notebook_timeout,
-                    memory_bytes=int(args.memory_gb * (1 << 30)))
+    overrides = {"cell_timeout_s": args.cell_timeout, "notebook_timeout_s": args.notebook_timeout,
+                 "memory_gb": args.memory_gb}
     try:
         report = grade_batch(args.lab, args.submissions, out, source_dir=args.source_dir, db_url=args.db,
-                             workers=args.workers, limits=limits, profile=args.profile, progress=not args.no_progress,
+                             workers=args.workers, limit_overrides=overrides, profile=args.profile, progress=not args.no_progress,
                              keep_autograded=args.keep_autograded, backend=args.backend,
                              ray_address=args.ray_address, gpus_per_task=gpus)
     except ValueError as err:  # e.g. more GPUs per task than the cluster has: nothing was graded

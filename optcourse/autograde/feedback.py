@@ -15,7 +15,7 @@ def render(lab: str, res, hidden: list[str]) -> str:
     for gid, cell in res.cells.items():
         score = "manual" if cell.score is None else f"{cell.score:g}"
         css = "ok" if cell.reason == "passed" else ("manual" if cell.score is None else "bad")
-        rows.append(f'<tr class="{css}"><td>{e(gid)}</td><td>{score} / {cell.max_score:g}</td><td>{e(cell.reason)}</td></tr>')
+        rows.append(f'<tr class="{css}"><td>{e(gid)}</td><td>{score} / {cell.max_score:g}</td><td>{e(cell.reason)}{"<br><small>" + e(cell.note) + "</small>" if cell.note else ""}</td></tr>')
     for p in res.perf:
         css = "ok" if p.passed else "bad"
         rows.append(f'<tr class="{css}"><td>performance: {e(p.name)}</td><td>{p.score:g} / {p.max_score:g}</td>'

@@ -26,8 +26,11 @@ _before_given: dict[str, object] = {}
 
 
 def _recorded(module_name: str, namespace: dict) -> dict[str, object]:
+    """The public functions and classes of a watched module. Data attributes are left alone: libraries
+    rebind some legitimately (``import pandas`` calls ``time.tzset()``, which rebinds ``time.tzname``),
+    and a flag that every honest notebook raises is no signal."""
     skip = _IPYTHON_BUILTINS if module_name == "builtins" else set()
-    return {k: v for k, v in namespace.items() if not k.startswith("_") and k not in skip}
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and k not in skip and callable(v)}
 
 
 def install() -> None:

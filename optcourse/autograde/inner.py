@@ -135,24 +135,23 @@ def _config(root: str, job: dict):
     c.ExecutePreprocessor.kernel_name = "optcourse-sandbox"
     c.Autograde.create_student = True
     c.OverwriteCells.add_missing_cells = True  # a deleted test cell is put back and run, not skipped
-    from nbgrader.converters import Autograde
-    from nbgrader.preprocessors import Execute
+    from optcourse.autograde.stderr_notes import autograde_preprocessors
 
-    default = Autograde.class_traits()["autograde_preprocessors"].default()
-    c.Autograde.autograde_preprocessors = [_sandbox_execute() if p is Execute else p for p in default]
+    c.Autograde.autograde_preprocessors = autograde_preprocessors(_sandbox_execute())
     return c
 
 
 def _cell_reports(nb_path: str) -> dict:
     """What each graded cell of the executed notebook tells the grader: ``errors`` (grade_id -> (ename,
-    evalue) of its first error output, or ``("stderr", text)`` when it only wrote to stderr, which nbgrader
-    scores 0), ``guarded`` (grade_id -> what the guard put back before the test) and ``readded`` (test
-    cells the submission had deleted, put back by nbgrader)."""
+    evalue) of its first error output), ``notes`` (grade_id -> the first line it wrote to stderr, a warning that
+    ``stderr_notes`` turned into a note), ``guarded`` (grade_id -> what the guard put back before the test) and
+    ``readded`` (test cells the submission had deleted, put back by nbgrader)."""
     import nbformat
 
     from optcourse.autograde.guard import MARK
+    from optcourse.autograde.stderr_notes import NOTE
 
-    report = {"errors": {}, "guarded": {}, "readded": []}
+    report = {"errors": {}, "notes": {}, "guarded": {}, "readded": []}
     nb = nbformat.read(nb_path, as_version=4)
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -164,12 +163,12 @@ def _cell_reports(nb_path: str) -> dict:
         outputs = cell.get("outputs", [])
         errors = [(str(o.get("ename", ""))[:200], str(o.get("evalue", ""))[:2000])
                   for o in outputs if o.get("output_type") == "error"]
-        errors += [("stderr", str(o.get("text", "")).strip()[:2000]) for o in outputs
-                   if o.get("output_type") == "stream" and o.get("name") == "stderr" and str(o.get("text", "")).strip()]
-        if errors:  # an exception first, else what it wrote to stderr
+        if errors:
             report["errors"][gid] = errors[0]
         for out in outputs:
             text = str(out.get("text", "")) if out.get("output_type") == "stream" else ""
+            if text.startswith(NOTE) and gid not in report["notes"]:
+                report["notes"][gid] = next((ln.strip() for ln in text[len(NOTE):].splitlines() if ln.strip()), "")[:300]
             for line in text.splitlines():
                 if line.startswith(MARK) and gid not in report["guarded"]:
                     report["guarded"][gid] = line[len(MARK):].strip()[:300]
@@ -233,7 +232,7 @@ def main(root: str) -> int:
     with open(os.path.join(root, "job.json")) as f:
         job = json.load(f)
     lab, student = job["lab"], job["student"]
-    result = {"lab": lab, "student": student, "ok": False, "cells": {}, "errors": {}, "guarded": {}, "readded": [],
+    result = {"lab": lab, "student": student, "ok": False, "cells": {}, "errors": {}, "notes": {}, "guarded": {}, "readded": [],
               "log": "", "artifacts": {}}
     try:
         from nbgrader.api import Gradebook
@@ -258,6 +257,7 @@ def main(root: str) -> int:
         for name in notebooks:
             report = _cell_reports(os.path.join(graded_dir, name))
             result["errors"].update(report["errors"])
+            result["notes"].update(report["notes"])
             result["guarded"].update(report["guarded"])
             result["readded"] += report["readded"]
         if job.get("keep_notebook"):  # the folder is the sandbox's tmpfs: copy the executed notebook out

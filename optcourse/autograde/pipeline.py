@@ -52,6 +52,7 @@ class LabInfo:
     template: pathlib.Path              # lab files without notebooks + a gradebook that knows the lab
     cell_ids: set[str] = dataclasses.field(default_factory=set)  # every nbgrader cell of the lab
     given: set[str] = dataclasses.field(default_factory=set)     # read-only code cells the lab gives (helpers)
+    limits: dict = dataclasses.field(default_factory=dict)       # the lab's own grading limits (lab_limits)
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ class CellGrade:
     score: float | None
     max_score: float
     reason: str
+    note: str = ""                       # e.g. a warning the test wrote to stderr (it cost nothing)
 
 
 @dataclasses.dataclass
@@ -183,6 +185,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     shutil.copytree(gen / "source" / lab, template / "source" / lab, ignore=shutil.ignore_patterns("*.ipynb"))
     shutil.copy(gen / "gradebook.db", template / "gradebook.db")
     nb = nbformat.read(notebooks[0], as_version=4)
+    limits = lab_limits(nb)
     points, code_tests, hidden, cell_ids, given = {}, set(), [], set(), set()
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -196,7 +199,39 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
                 code_tests.add(meta["grade_id"])
         for block in HIDDEN_RE.findall(cell.source):
             hidden += [line.strip() for line in block.splitlines() if len(line.strip()) >= 6]
-    return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given)
+    return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given, limits)
+
+
+LAB_LIMIT_KEYS = {"cell_timeout_s": int, "notebook_timeout_s": int, "memory_gb": float}
+
+
+def lab_limits(nb) -> dict:
+    """The grading limits a lab's source notebook asks for, from its metadata
+    ``{"optcourse": {"grading": {"cell_timeout_s": 600, "notebook_timeout_s": 1200, "memory_gb": 6}}}``
+    (a lab whose server takes minutes to start needs other limits than one of quick unit tests).
+    Read from the instructor's source, never from a submission."""
+    wanted = nb.metadata.get("optcourse", {}).get("grading", {})
+    out = {}
+    for key, value in wanted.items():
+        if key not in LAB_LIMIT_KEYS:
+            raise ValueError(f"unknown grading limit {key!r} in the lab's metadata (known: {sorted(LAB_LIMIT_KEYS)})")
+        out[key] = LAB_LIMIT_KEYS[key](value)
+        if out[key] <= 0:
+            raise ValueError(f"grading limit {key} must be positive, got {value!r}")
+    return out
+
+
+def limits_for(info: LabInfo, cell_timeout_s: int | None = None, notebook_timeout_s: int | None = None,
+               memory_gb: float | None = None, base: Limits | None = None) -> Limits:
+    """Sandbox limits for this lab: what the caller set explicitly, else the lab's metadata, else ``base``."""
+    base = base or Limits()
+    lab = info.limits
+    cell = cell_timeout_s or lab.get("cell_timeout_s") or base.cell_timeout_s
+    notebook = notebook_timeout_s or lab.get("notebook_timeout_s") or base.notebook_timeout_s
+    memory = int(memory_gb * (1 << 30)) if memory_gb else (int(lab["memory_gb"] * (1 << 30)) if "memory_gb" in lab
+                                                              else base.memory_bytes)
+    return dataclasses.replace(base, cell_timeout_s=int(cell), notebook_timeout_s=int(max(notebook, cell)),
+                               memory_bytes=memory)
 
 
 def precheck(sub: Submission, info: LabInfo, workdir: pathlib.Path | None = None) -> tuple[str | None, list[str]]:
@@ -309,9 +344,6 @@ def _reason(ename: str, evalue: str, info: LabInfo, limits: Limits) -> str:
     message = scrub(evalue, info.hidden)
     if ename in SANDBOX_ERRORS:
         return message
-    if ename == "stderr":  # first line, without the kernel's temporary file name of a warning
-        first = re.sub(r"^\S+:\d+: ", "", evalue.strip().splitlines()[0] if evalue.strip() else "")
-        return f"the cell wrote to stderr, which nbgrader counts as a failure (a warning?): {scrub(first, info.hidden, 120)}"
     if ename == "AssertionError" and not message:
         return "a test failed (AssertionError without a message)"
     if ename == "MemoryError":
@@ -340,7 +372,7 @@ def interpret(sub: Submission, out: dict, info: LabInfo, limits: Limits) -> Stud
         res.status, res.needs_review = "error", True
         res.notes.append("nbgrader could not grade this notebook; an instructor will look at it")
     result = result if isinstance(result, dict) else {}
-    errors, cells = _dict(result.get("errors")), _dict(result.get("cells"))
+    errors, cells, notes = _dict(result.get("errors")), _dict(result.get("cells")), _dict(result.get("notes"))
     res.needs_review |= sub.review
     guarded = sorted({n.strip() for g, v in _dict(result.get("guarded")).items() if g in info.points
                       for n in str(v)[:300].split(",")})
@@ -382,7 +414,11 @@ def interpret(sub: Submission, out: dict, info: LabInfo, limits: Limits) -> Stud
             reason = "passed"
         else:
             reason = "failed"
-        res.cells[gid] = CellGrade(gid, score, points, reason)
+        note = ""
+        if gid in notes:  # without the kernel's temporary file name of a warning
+            first = re.sub(r"^\S+:\d+: ", "", str(notes[gid]))
+            note = f"a warning was printed while this test ran (no points lost): {scrub(first, info.hidden, 160)}"
+        res.cells[gid] = CellGrade(gid, score, points, reason, note)
     return res
 
 
@@ -491,20 +527,20 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 source_dir: str | os.PathLike | None = None, db_url: str | None = None, workers: int = 2,
                 limits: Limits | None = None, profile: str | None = None, progress: bool = True,
                 keep_autograded: bool = False, perf_checks: list | None = None, backend: str = "local",
-                ray_address: str | None = None, gpus_per_task: float = 0) -> BatchReport:
+                ray_address: str | None = None, gpus_per_task: float = 0,
+                limit_overrides: dict | None = None) -> BatchReport:
     """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``.
 
     ``backend``: ``local`` (a process pool of ``workers`` sandboxes on this machine) or ``ray`` (one Ray task
     per submission, on the cluster at ``ray_address`` or a local instance of ``workers`` CPUs; see
-    ``raybackend``). ``gpus_per_task`` > 0 shows the sandbox the NVIDIA devices (and asks Ray for them)."""
+    ``raybackend``). ``gpus_per_task`` > 0 shows the sandbox the NVIDIA devices (and asks Ray for them).
+    ``limits``: the sandbox's limits as given; by default the lab's own (its metadata, ``lab_limits``) with
+    ``limit_overrides`` (``cell_timeout_s``, ``notebook_timeout_s``, ``memory_gb``) applied."""
     from tqdm.auto import tqdm
 
     from optcourse.release import SOLUTIONS_DIR
 
     start = time.monotonic()
-    limits = limits or Limits()
-    if gpus_per_task:
-        limits = dataclasses.replace(limits, gpu=True)
     source_dir = pathlib.Path(source_dir or SOLUTIONS_DIR)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -515,6 +551,9 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
         work = pathlib.Path(tmp)
         os.chmod(work, 0o700)
         info = build_template(lab, source_dir, work)
+        limits = limits or limits_for(info, **(limit_overrides or {}))
+        if gpus_per_task:
+            limits = dataclasses.replace(limits, gpu=True)
         phases = {"template": time.monotonic() - start}
         subs = collect_submissions(submissions, lab, work)
         results: dict[str, StudentResult] = {}

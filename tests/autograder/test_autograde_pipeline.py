@@ -80,8 +80,7 @@ EXPECTED = {
     "good": (5, "graded", False, {T1: "passed", T2: "passed"}),
     "partial": (3, "graded", False, {T1: "AssertionError: add must work with negative numbers: add(-4, 9) should be 5"}),
     "partial_rounding": (2, "graded", False, {T1: "passed", T2: "the result must have norm 1"}),
-    "warns_stderr": (3, "graded", False, {T1: "wrote to stderr, which nbgrader counts as a failure (a warning?): "
-                                              "UserWarning: add was called"}),
+    "warns_stderr": (5, "graded", False, {T1: "passed", T2: "passed"}),  # a warning costs nothing (a note)
     "blank": (0, "graded", False, {T1: "not answered yet (NotImplementedError)", T2: "not answered yet"}),
     "broken": (0, "invalid", True, {"notes": "not a valid Jupyter notebook (NotJSONError)"}),
     "not_a_notebook": (0, "invalid", True, {"notes": "not a valid Jupyter notebook"}),
@@ -134,6 +133,13 @@ def test_every_submission_gets_its_grade_and_reason(batch, student):
     for where, text in reasons.items():
         got = " | ".join(r.notes) if where == "notes" else r.cells[where].reason
         assert text in got, (where, got)
+
+
+def test_a_warning_in_a_test_is_a_note_not_a_zero(batch):
+    r = batch["report"].by_student()["warns_stderr"]
+    assert r.cells[T1].note == "a warning was printed while this test ran (no points lost): UserWarning: add was called"
+    assert "UserWarning: add was called" in (batch["out"] / "feedback" / "warns_stderr.html").read_text()
+    assert not batch["report"].by_student()["good"].cells[T1].note
 
 
 def test_batch_lists_who_needs_a_look(batch):

@@ -123,12 +123,13 @@ def test_kernel_deaths_stderr_and_guard_reports(tmp_path):
     lab = info(tmp_path)
     sub = pipeline.Submission("k", tmp_path / "x.ipynb")
     out = {"result": {"ok": True, "cells": {"test_a": {"score": 2}, "test_b": {"score": None}, "written": {"score": None}},
-                      "errors": {"test_a": ["stderr", "/tmp/ipykernel_1/2.py:4: UserWarning: careful\n  warn()"],
-                                 "test_b": ["KernelDied", "the kernel died while this cell ran"]},
+                      "notes": {"test_a": "/tmp/ipykernel_1/2.py:4: UserWarning: careful"},
+                      "errors": {"test_b": ["KernelDied", "the kernel died while this cell ran"]},
                       "guarded": {"test_a": "numpy.allclose, check_close", "bogus": "x"}, "readded": ["test_b", "zzz"]}}
     res = pipeline.interpret(sub, out, lab, LIMITS)
-    assert res.cells["test_a"].score == 0
-    assert res.cells["test_a"].reason.endswith("counts as a failure (a warning?): UserWarning: careful")
+    assert (res.cells["test_a"].score, res.cells["test_a"].reason) == (2.0, "passed")  # a warning costs nothing
+    assert res.cells["test_a"].note.endswith("(no points lost): UserWarning: careful")
+    assert "UserWarning: careful" in feedback.render("demo_lab", res, lab.hidden)
     assert (res.cells["test_b"].score, res.cells["test_b"].reason) == (0.0, "the kernel died while this cell ran")
     assert res.cells["written"].score is None  # a written answer still waits for an instructor
     notes = " | ".join(res.notes)
@@ -159,6 +160,10 @@ def test_guard_puts_back_replaced_functions_and_given_helpers(monkeypatch, capsy
         assert np.allclose is allclose and time.perf_counter is perf_counter and user_ns["check_close"] is helper
         assert capsys.readouterr().out.strip() == f"{guard.MARK} check_close, numpy.allclose, time.perf_counter"
         guard.before_test()  # nothing replaced: nothing said
+        assert capsys.readouterr().out == ""
+        time.tzset()  # what `import pandas` does: rebinds the data attribute time.tzname, which is no tampering
+        time.tzname = tuple(time.tzname)
+        guard.before_test()
         assert capsys.readouterr().out == ""
     finally:
         np.allclose, time.perf_counter = allclose, perf_counter
@@ -203,3 +208,43 @@ def test_sandbox_mount_plan_hides_the_repository():
     assert "/grading" in script and "mount -t proc" in script
     ok, why = sandbox_available()
     assert isinstance(ok, bool) and why
+
+
+def test_stderr_of_a_test_cell_becomes_a_note_and_errors_still_fail():
+    import nbformat
+    from nbgrader.utils import determine_grade
+
+    from optcourse.autograde.stderr_notes import NOTE, StderrAsNotes
+
+    warned = cell("test_a", "x = 1", grade=True, points=2)
+    warned.outputs = [nbformat.v4.new_output("stream", name="stderr", text="x.py:1: UserWarning: careful\n")]
+    assert determine_grade(warned)[0] == 0  # what nbgrader does on its own
+    StderrAsNotes().preprocess_cell(warned, {}, 0)
+    assert determine_grade(warned) == (2.0, 2.0)
+    assert warned.outputs[0].name == "stdout" and warned.outputs[0].text.startswith(NOTE)
+    failed = cell("test_b", "assert False", grade=True, points=3)
+    failed.outputs = [nbformat.v4.new_output("stream", name="stderr", text="w\n"),
+                      nbformat.v4.new_output("error", ename="AssertionError", evalue="no", traceback=[])]
+    StderrAsNotes().preprocess_cell(failed, {}, 0)
+    assert determine_grade(failed) == (0, 3.0)
+    answer = cell("answer_a", "y = 2", solution=True)  # not a test cell: untouched
+    answer.outputs = [nbformat.v4.new_output("stream", name="stderr", text="w\n")]
+    StderrAsNotes().preprocess_cell(answer, {}, 0)
+    assert answer.outputs[0].name == "stderr"
+
+
+def test_lab_limits_come_from_the_instructor_source(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(metadata={"optcourse": {"grading": {"cell_timeout_s": 600, "memory_gb": 6}}})
+    lab = info(tmp_path)
+    lab.limits = pipeline.lab_limits(nb)
+    limits = pipeline.limits_for(lab)
+    assert (limits.cell_timeout_s, limits.memory_bytes) == (600, 6 << 30)
+    assert limits.notebook_timeout_s == 600  # never shorter than one cell
+    limits = pipeline.limits_for(lab, cell_timeout_s=30, notebook_timeout_s=100)
+    assert (limits.cell_timeout_s, limits.notebook_timeout_s, limits.memory_bytes) == (30, 100, 6 << 30)
+    assert pipeline.limits_for(info(tmp_path)) == Limits()
+    for bad in ({"cell_timeout": 5}, {"cell_timeout_s": 0}):
+        with pytest.raises(ValueError):
+            pipeline.lab_limits(nbformat.v4.new_notebook(metadata={"optcourse": {"grading": bad}}))

@@ -1,0 +1,221 @@
+"""A lab's grading contract, checked through the class autograder itself.
+
+For each lab, ``autograder/labs/<lab>/mistakes.yaml`` lists plausible wrong implementations, each as
+textual edits of the solution notebook and the graded cells it must lose::
+
+    - id: zero_point_sign
+      why: the zero point is computed with the wrong sign
+      edits:
+        - cell: task1_arithmetic          # grade_id of the solution cell to edit
+          replace: "zero_point = (qmin - torch.round(lo / scale))"   # occurs exactly once in that cell
+          with: "zero_point = (qmin + torch.round(lo / scale))"
+      loses: [test_task1_affine]          # these graded cells score 0; `perf:<name>` names a performance check
+
+``run(lab)`` grades, in ONE batch of ``python -m optcourse.autograde`` (sandbox, the lab's own limits):
+the solution (full marks, no flag), the released notebook (0) and the mistakes, several per notebook where
+their edited cells and ``loses`` sets are disjoint (each notebook must lose exactly the union of its
+mistakes' cells and keep every other point). ``check`` returns every broken promise in words.
+
+CLI: ``python -m optcourse.autograde.catalogue LAB [--out DIR] [--only solution,blank,mistakes]``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import shutil
+import sys
+
+from optcourse.paths import AUTOGRADER_DIR
+
+LABS_NOTES_DIR = AUTOGRADER_DIR / "labs"
+KINDS = ("solution", "blank", "mistakes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    cell: str
+    replace: str
+    with_: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Mistake:
+    id: str
+    why: str
+    edits: tuple[Edit, ...]
+    loses: frozenset[str]
+
+    @property
+    def cells(self) -> set[str]:
+        return {e.cell for e in self.edits}
+
+
+def mistakes_file(lab: str) -> pathlib.Path:
+    return LABS_NOTES_DIR / lab / "mistakes.yaml"
+
+
+def load(lab: str, path: pathlib.Path | None = None) -> list[Mistake]:
+    """The lab's mistakes, validated: a malformed entry is an error that names it."""
+    import yaml
+
+    path = path or mistakes_file(lab)
+    if not path.is_file():
+        raise FileNotFoundError(f"{lab} has no mistakes catalogue at {path}")
+    entries = yaml.safe_load(path.read_text()) or []
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of mistakes")
+    out, seen = [], set()
+    for i, entry in enumerate(entries):
+        where = f"{path.name} entry {i} ({entry.get('id', '?') if isinstance(entry, dict) else '?'})"
+        if not isinstance(entry, dict) or not {"id", "why", "edits", "loses"} <= set(entry):
+            raise ValueError(f"{where}: needs id, why, edits and loses")
+        if entry["id"] in seen:
+            raise ValueError(f"{where}: duplicate id")
+        seen.add(entry["id"])
+        edits = []
+        for e in entry["edits"] or []:
+            if not isinstance(e, dict) or not {"cell", "replace", "with"} <= set(e) or e["replace"] == e["with"]:
+                raise ValueError(f"{where}: each edit needs cell, replace and a different with")
+            edits.append(Edit(str(e["cell"]), str(e["replace"]), str(e["with"])))
+        loses = entry["loses"]
+        if not edits or not isinstance(loses, list) or not loses:
+            raise ValueError(f"{where}: needs at least one edit and one cell it loses")
+        out.append(Mistake(str(entry["id"]), str(entry["why"]), tuple(edits), frozenset(map(str, loses))))
+    return out
+
+
+def apply(nb, mistakes: list[Mistake]):
+    """A copy of notebook ``nb`` with every edit of ``mistakes`` made; an edit that does not match exactly once
+    in its cell is an error (the catalogue has drifted from the solution)."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+    for m in mistakes:
+        for e in m.edits:
+            cell = cells.get(e.cell)
+            if cell is None:
+                raise ValueError(f"mistake {m.id}: no cell {e.cell!r} in the solution")
+            if cell.source.count(e.replace) != 1:
+                raise ValueError(f"mistake {m.id}: {e.replace!r} occurs {cell.source.count(e.replace)} times in "
+                                 f"{e.cell} (must be exactly once)")
+            cell.source = cell.source.replace(e.replace, e.with_)
+    return nb
+
+
+def combine(mistakes: list[Mistake]) -> list[list[Mistake]]:
+    """Group mistakes into as few notebooks as possible: within one, no two share an edited cell or a lost cell."""
+    groups: list[list[Mistake]] = []
+    for m in mistakes:
+        for g in groups:
+            if all(not (m.cells & o.cells) and not (m.loses & o.loses) for o in g):
+                g.append(m)
+                break
+        else:
+            groups.append([m])
+    return groups
+
+
+def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[Mistake] | str]:
+    """Write the notebooks to grade into ``folder``; returns student id -> "solution", "blank" or its mistakes."""
+    import nbformat
+
+    from optcourse.release import LABS_DIR, SOLUTIONS_DIR
+
+    folder.mkdir(parents=True, exist_ok=True)
+    solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
+    plan: dict[str, list[Mistake] | str] = {}
+    if "solution" in kinds:
+        nbformat.write(solution, folder / "solution.ipynb")
+        plan["solution"] = "solution"
+    if "blank" in kinds:
+        shutil.copy(LABS_DIR / lab / f"{lab}.ipynb", folder / "blank.ipynb")
+        plan["blank"] = "blank"
+    if "mistakes" in kinds:
+        for i, group in enumerate(combine(load(lab)), 1):
+            nbformat.write(apply(solution, group), folder / f"mistakes-{i}.ipynb")
+            plan[f"mistakes-{i}"] = group
+    return plan
+
+
+def check(report, plan: dict[str, list[Mistake] | str]) -> list[str]:
+    """Every way the batch broke the lab's contract, in words (empty: the contract holds)."""
+    problems = []
+    results = report.by_student()
+    for student, expect in plan.items():
+        res = results.get(student)
+        if res is None:
+            problems.append(f"{student}: not in the batch's results")
+            continue
+        if res.status != "graded":
+            problems.append(f"{student}: status {res.status} ({'; '.join(res.notes)[:300]})")
+        items = {g: (c.score, c.max_score, c.reason) for g, c in res.cells.items() if c.score is not None}
+        items.update({f"perf:{p.name}": (p.score, p.max_score, p.reason) for p in res.perf})
+        if expect == "blank":
+            problems += [f"blank: {g} scored {s:g}/{m:g}" for g, (s, m, _) in items.items() if s > 0]
+            continue
+        if res.needs_review:
+            problems.append(f"{student}: flagged for review ({'; '.join(res.notes)[:300]})")
+        lost = set() if expect == "solution" else set().union(*(m.loses for m in expect))
+        unknown = lost - set(items)
+        if unknown:
+            problems.append(f"{student}: loses unknown cells {sorted(unknown)}")
+        for g, (s, m, reason) in items.items():
+            if g in lost and s > 0:
+                who = [mk.id for mk in expect if g in mk.loses]
+                problems.append(f"{student}: {g} scored {s:g}/{m:g} but mistake {', '.join(who)} must lose it")
+            elif g not in lost and s < m:
+                problems.append(f"{student}: {g} lost points ({s:g}/{m:g}: {reason[:200]})" +
+                                (f" although only {[mk.id for mk in expect]} were made" if expect != "solution" else ""))
+    return problems
+
+
+def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bool = False):
+    """Grade the lab's solution, blank and mistakes in one batch; returns ``(report, plan, problems)``."""
+    from optcourse.autograde.pipeline import grade_batch
+
+    out = pathlib.Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    plan = write_batch(lab, out / "submissions", kinds)
+    report = grade_batch(lab, out / "submissions", out / "graded", workers=workers, progress=progress)
+    return report, plan, check(report, plan)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from optcourse.autograde.sandbox import sandbox_available
+    from optcourse.paths import apply_offline_environment
+
+    p = argparse.ArgumentParser(prog="python -m optcourse.autograde.catalogue", description=__doc__.splitlines()[0])
+    p.add_argument("lab")
+    p.add_argument("--out", default=None, help="work folder (default build/catalogue/LAB)")
+    p.add_argument("--only", default=",".join(KINDS), help="comma-separated: solution,blank,mistakes")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    kinds = [k.strip() for k in args.only.split(",") if k.strip()]
+    if set(kinds) - set(KINDS):
+        p.error(f"--only takes {', '.join(KINDS)}")
+    apply_offline_environment()
+    ok, why = sandbox_available()
+    if not ok:
+        print(f"error: cannot sandbox submissions here: {why}", file=sys.stderr)
+        return 1
+    report, plan, problems = run(args.lab, pathlib.Path(args.out or f"build/catalogue/{args.lab}"), kinds,
+                                 args.workers, progress=True)
+    print()
+    print(report.table)
+    for student, expect in plan.items():
+        if isinstance(expect, list):
+            print(f"{student}: {', '.join(f'{m.id} (loses {sorted(m.loses)})' for m in expect)}")
+    print(f"\ngraded in {report.wall_s:.0f} s; per notebook: " +
+          ", ".join(f"{r.student} {r.wall_s:.0f} s" for r in report.results))
+    if problems:
+        print("\nCONTRACT BROKEN:\n  " + "\n  ".join(problems))
+        return 1
+    print("contract holds: solution full marks, blank 0, every mistake loses exactly its cells")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The mistakes-catalogue machinery (optcourse.autograde.catalogue): loading, applying, combining, judging.
+The real catalogues are graded through the class autograder in tests/labs/test_lab_contract.py."""
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from optcourse.autograde import catalogue, pipeline
+from optcourse.autograde.perf import CheckResult
+from optcourse.release import SOLUTIONS_DIR, lab_names
+
+
+def mistake(mid, cells, loses):
+    return catalogue.Mistake(mid, "why", tuple(catalogue.Edit(c, "a", "b") for c in cells), frozenset(loses))
+
+
+def test_load_validates_entries(tmp_path):
+    path = tmp_path / "mistakes.yaml"
+    path.write_text("- id: m1\n  why: w\n  edits: [{cell: c1, replace: x, with: y}]\n  loses: [t1]\n")
+    [m] = catalogue.load("lab", path)
+    assert (m.id, m.cells, m.loses) == ("m1", {"c1"}, frozenset({"t1"}))
+    for bad in ("- id: m1\n  why: w\n  edits: []\n  loses: [t1]\n",
+                "- id: m1\n  why: w\n  edits: [{cell: c1, replace: x, with: x}]\n  loses: [t1]\n",
+                "- id: m1\n  edits: [{cell: c1, replace: x, with: y}]\n  loses: [t1]\n",
+                "- id: m1\n  why: w\n  edits: [{cell: c1, replace: x, with: y}]\n  loses: []\n"):
+        path.write_text(bad)
+        with pytest.raises(ValueError):
+            catalogue.load("lab", path)
+
+
+def test_apply_needs_exactly_one_match():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "a = 1\nb = 2", metadata={"nbgrader": {"grade_id": "c1"}})])
+    edited = catalogue.apply(nb, [catalogue.Mistake("m", "w", (catalogue.Edit("c1", "a = 1", "a = 2"),), frozenset())])
+    assert edited.cells[0].source == "a = 2\nb = 2" and nb.cells[0].source == "a = 1\nb = 2"
+    for edit in (catalogue.Edit("c1", "zzz", "y"), catalogue.Edit("c1", " = ", "y"), catalogue.Edit("nope", "a", "b")):
+        with pytest.raises(ValueError):
+            catalogue.apply(nb, [catalogue.Mistake("m", "w", (edit,), frozenset())])
+
+
+def test_combine_keeps_cells_and_losses_apart():
+    ms = [mistake("a1", ["c1"], ["t1"]), mistake("a2", ["c1"], ["t1"]), mistake("b1", ["c2"], ["t2"]),
+          mistake("b2", ["c2"], ["t1", "t2"]), mistake("c1", ["c3"], ["t3"])]
+    groups = catalogue.combine(ms)
+    assert [[m.id for m in g] for g in groups] == [["a1", "b1", "c1"], ["a2"], ["b2"]]
+    for g in groups:
+        for i, m in enumerate(g):
+            for o in g[i + 1:]:
+                assert not (m.cells & o.cells) and not (m.loses & o.loses)
+
+
+def _report(students):
+    results = []
+    for name, cells, perf in students:
+        res = pipeline.StudentResult(name, "graded", {
+            g: pipeline.CellGrade(g, s, m, "passed" if s == m else "failed") for g, (s, m) in cells.items()})
+        res.perf = [CheckResult(n, s, m, s == m, "") for n, (s, m) in perf.items()]
+        results.append(res)
+    return pipeline.BatchReport("lab", results, None, 0.0, "")
+
+
+def test_check_finds_every_broken_promise():
+    full = {"t1": (2, 2), "t2": (3, 3), "manual": (None, 1)}
+    plan = {"solution": "solution", "blank": "blank", "mistakes-1": [mistake("m1", ["c1"], ["t1", "perf:speed"])]}
+    good = _report([("solution", full, {"speed": (2, 2)}),
+                    ("blank", {"t1": (0, 2), "t2": (0, 3)}, {"speed": (0, 2)}),
+                    ("mistakes-1", {"t1": (0, 2), "t2": (3, 3)}, {"speed": (0, 2)})])
+    assert catalogue.check(good, plan) == []
+    bad = _report([("solution", {"t1": (2, 2), "t2": (1, 3)}, {"speed": (2, 2)}),
+                   ("blank", {"t1": (0, 2), "t2": (3, 3)}, {"speed": (0, 2)}),
+                   ("mistakes-1", {"t1": (2, 2), "t2": (0, 3)}, {"speed": (0, 2)})])
+    problems = catalogue.check(bad, plan)
+    assert any(p.startswith("solution: t2 lost points") for p in problems)
+    assert "blank: t2 scored 3/3" in problems
+    assert any("t1 scored 2/2 but mistake m1 must lose it" in p for p in problems)
+    assert any(p.startswith("mistakes-1: t2 lost points") for p in problems)
+    flagged = _report([("solution", full, {"speed": (2, 2)})])
+    flagged.results[0].needs_review = True
+    assert any("flagged for review" in p for p in catalogue.check(flagged, {"solution": "solution"}))
+
+
+@pytest.mark.parametrize("lab", lab_names())
+def test_every_catalogue_applies_to_its_solution(lab):
+
+    mistakes = catalogue.load(lab)
+    solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
+    graded = {c.metadata["nbgrader"]["grade_id"] for c in solution.cells
+              if c.metadata.get("nbgrader", {}).get("grade")}
+    for group in catalogue.combine(mistakes):
+        catalogue.apply(solution, group)
+    for m in mistakes:
+        assert {g for g in m.loses if not g.startswith("perf:")} <= graded, (m.id, m.loses)
+
+
+# the issue's floor: plausible wrong implementations per graded task
+MIN_PER_TASK = {"lab01_tensorrt_int8": 2, "lab02_quantization": 2, "lab03_vllm_deployment": 3, "lab04_benchmarking": 3}
+
+
+@pytest.mark.parametrize("lab", lab_names())
+def test_every_graded_task_has_its_mistakes(lab):
+    import re
+
+    solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
+    tasks = {re.match(r"test_task(\d+)", c.metadata["nbgrader"]["grade_id"]).group(1)
+             for c in solution.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
+    counts = {t: sum(any(re.match(rf"test_task{t}(?!\d)", g) for g in m.loses) for m in catalogue.load(lab))
+              for t in tasks}
+    assert all(n >= MIN_PER_TASK[lab] for n in counts.values()), counts
