@@ -1,7 +1,7 @@
 # Every workflow of the course is a target here; each target installs what it needs first.
 #   make run      execute every lab's solution notebook (papermill), check thresholds, write a report
 #   make test     the whole test suite (what CI runs)
-#   make lab      JupyterLab for students on 127.0.0.1
+#   make lab      JupyterLab for students on 127.0.0.1; make validate LAB=... NB=... checks a notebook
 #   make release  regenerate labs/ from solutions/ with nbgrader
 #   make gpu-run  the GPU runner: labs and lectures on the cuda profile, full sizes (scripts/gpu_runner.sh)
 # Variables: PROFILE=auto|cpu|cuda   FULL=1 (full-size parameters)   PYTEST_ARGS=...
