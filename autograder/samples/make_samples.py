@@ -201,6 +201,10 @@ def _answered(add: str | None = None, normalize: str | None = None, *, prelude: 
     return nb
 
 
+WRONG_ADD = "def add(a, b):\n    return a - b"
+WRONG_NORMALIZE = "import numpy as np\n\ndef normalize(x):\n    return np.asarray(x, dtype=float)"
+
+
 def _with(nb: nbformat.NotebookNode, index: int, code: str) -> nbformat.NotebookNode:
     """Insert a code cell of the student's own (no nbgrader metadata) at ``index``."""
     nb.cells.insert(index, new_code_cell(code))
@@ -334,6 +338,30 @@ CATALOGUE: dict[str, tuple[str, object]] = {
                     lambda: _answered(normalize="import time\nimport numpy as np\n\ndef normalize(x):\n    time.sleep(0.01)\n"
                                                 "    x = np.asarray(x, dtype=float)\n    return x / np.linalg.norm(x)\n\n"
                                                 "time.perf_counter = lambda: 0.0")),
+    # attacks on the kernel's machinery (the guard undoes them before each test): wrong answers, then the attack
+    "transformer_pass": ("wrong answers, then an IPython input transformer that turns every later cell into `pass`",
+                         lambda: _answered(add=WRONG_ADD, normalize=WRONG_NORMALIZE + "\n\nget_ipython()."
+                                           "input_transformers_post.append(lambda lines: ['pass\\n'])")),
+    "ast_no_asserts": ("wrong answers, then an AST transformer that removes every assert", lambda: _answered(
+        add=WRONG_ADD, normalize=WRONG_NORMALIZE + "\n\nimport ast\n\nclass NoAsserts(ast.NodeTransformer):\n"
+        "    def visit_Assert(self, node):\n        return ast.Pass()\n\nget_ipython().ast_transformers.append(NoAsserts())")),
+    "swallow_failures": ("wrong answers, then a custom exception handler that hides every failure", lambda: _answered(
+        add=WRONG_ADD, normalize=WRONG_NORMALIZE + "\n\nget_ipython().set_custom_exc((Exception,), lambda *a, **k: None)")),
+    "hook_repatch": ("wrong normalize, then a pre-run hook that replaces np.allclose and np.linalg.norm before every cell",
+                     lambda: _answered(normalize=WRONG_NORMALIZE + "\n\ndef _patch(*args):\n"
+                                       "    np.allclose = lambda *a, **k: True\n    np.linalg.norm = lambda *a, **k: 1.0\n\n"
+                                       "get_ipython().events.register('pre_run_cell', _patch)\n"
+                                       "get_ipython().events.register('pre_execute', _patch)")),
+    "thread_repatch": ("wrong normalize, then a thread that keeps replacing np.allclose and np.linalg.norm",
+                       lambda: _answered(normalize=WRONG_NORMALIZE + "\n\nimport threading, time\n\ndef _loop():\n"
+                                         "    while True:\n        np.allclose = lambda *a, **k: True\n"
+                                         "        np.linalg.norm = lambda *a, **k: 1.0\n        time.sleep(0.0005)\n\n"
+                                         "threading.Thread(target=_loop, daemon=True).start()")),
+    "leak_tests": ("blank, with an input transformer that raises each later cell's source (zero-width spaces between "
+                   "characters) as its error message", lambda: _with(student_version(source_notebook()), 2, (
+                       "def _leak(lines):\n    text = '\\u200b'.join(''.join(lines))\n"
+                       "    return ['raise AssertionError(' + repr(text) + ')\\n']\n\n"
+                       "get_ipython().input_transformers_post.append(_leak)"))),
     "redefine_helper": ("wrong normalize, then the given test helper check_close redefined to pass",
                         lambda: _answered(normalize="import numpy as np\n\ndef normalize(x):\n    return np.asarray(x, dtype=float)\n\n"
                                                     "def check_close(got, want, message):\n    pass")),

@@ -1,15 +1,20 @@
-"""Runs INSIDE the student's kernel: tests run with the library functions and test helpers the
-instructor gave, whatever the notebook replaced before them.
+"""Runs INSIDE the student's kernel: each test runs with the machinery, library functions and test helpers
+the instructor gave, whatever the notebook changed before it.
 
-``kernel.py`` starts ipykernel with ``install()`` as a startup line, before any student code: it records
-the namespaces of the modules tests rely on (``WATCHED``). The grader puts ``before_test()`` at the top
-of every test cell and wraps every read-only cell the lab gives (a test helper) in ``given_start()`` /
-``given_end()`` (in the sandbox's gradebook copy, which nbgrader's OverwriteCells puts back into the
-notebook). ``before_test`` puts back every recorded function the notebook replaced
-(``np.allclose = lambda *a, **k: True``, ``time.perf_counter = ...``) and every name a given cell
-defined (a redefined ``check_close``), and prints one ``MARK`` line naming them; the grader reports
-that to the instructor. A notebook that sets out to defeat this module can (it runs in the same
-process), which the README's known limits say; the common tricks are caught.
+``kernel.py`` starts ipykernel with ``install(...)`` as a startup line, before any student code: it records
+what tests rely on (``WATCHED`` modules' functions and classes, plus the lab's own, e.g. ``torch``) and
+IPython's execution machinery (input and AST transformers, event hooks, custom exception handlers, the
+methods of the shell, its compiler, transformer manager and kernel). Before every test cell the grader calls
+``before_test()`` through an execute request's ``user_expressions``, which IPython evaluates without running
+any input or AST transformer (``inner._sandbox_execute``). It puts back everything recorded that the notebook
+replaced, removes hooks, transformers and trace functions the notebook added, stops threads the notebook
+started, and returns what it did; the grader shows that to the instructor (needs review). If the call
+itself fails, the grader does not run the test (0 points, flagged). Read-only cells the lab gives (test
+helpers) are wrapped in ``given_start()`` / ``given_end()`` and put back the same way.
+
+A notebook that sets out to defeat this module specifically can (it runs in the same process, e.g. by
+editing this module's records); ``autograder/README.md`` says so under known limits. The common tricks,
+and every attack of the project's catalogue, are caught.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ _MISSING = object()
 _originals: dict[str, dict[str, object]] = {}
 _given: dict[str, object] = {}
 _before_given: dict[str, object] = {}
+_machinery: dict[str, object] = {}
 
 
 def _recorded(module_name: str, namespace: dict) -> dict[str, object]:
@@ -33,19 +39,53 @@ def _recorded(module_name: str, namespace: dict) -> dict[str, object]:
     return {k: v for k, v in namespace.items() if not k.startswith("_") and k not in skip and callable(v)}
 
 
-def install() -> None:
-    for name in WATCHED:
+def _shell():
+    from IPython import get_ipython
+
+    return get_ipython()
+
+
+def _protected(shell) -> dict[str, object]:
+    """The objects through which a cell is turned into code, run and its failure reported."""
+    objects = {"shell": shell, "transformer_manager": getattr(shell, "input_transformer_manager", None),
+               "compiler": getattr(shell, "compile", None), "kernel": getattr(shell, "kernel", None),
+               "events": getattr(shell, "events", None), "displayhook": getattr(shell, "displayhook", None)}
+    return {k: v for k, v in objects.items() if v is not None}
+
+
+def _record_machinery(shell) -> None:
+    lists = {"input_transformers_cleanup": shell.input_transformers_cleanup,
+             "input_transformers_post": shell.input_transformers_post, "ast_transformers": shell.ast_transformers}
+    manager = shell.input_transformer_manager
+    for name in ("cleanup_transforms", "line_transforms", "token_transformers"):
+        if isinstance(getattr(manager, name, None), list):
+            lists[f"transformer_manager.{name}"] = getattr(manager, name)
+    _machinery["lists"] = {k: (v, list(v)) for k, v in lists.items()}
+    _machinery["events"] = {k: list(v) for k, v in shell.events.callbacks.items()}
+    _machinery["custom_exceptions"] = shell.custom_exceptions
+    objects = _protected(shell)
+    _machinery["objects"] = objects
+    _machinery["instance"] = {name: dict(vars(obj)) for name, obj in objects.items() if hasattr(obj, "__dict__")}
+    classes = {cls for obj in objects.values() for cls in type(obj).__mro__ if cls is not object}
+    _machinery["classes"] = {cls: {k: v for k, v in vars(cls).items() if callable(v) or isinstance(v, (staticmethod,
+                                                                                                      classmethod))}
+                             for cls in classes}
+
+
+def install(extra: tuple[str, ...] = ()) -> None:
+    for name in (*WATCHED, *extra):
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
         _originals[name] = _recorded(name, vars(module))
+    shell = _shell()
+    if shell is not None:
+        _record_machinery(shell)
 
 
 def _user_ns() -> dict:
-    from IPython import get_ipython
-
-    return get_ipython().user_ns
+    return _shell().user_ns
 
 
 def given_start() -> None:
@@ -60,8 +100,87 @@ def given_end() -> None:
             _given[key] = value
 
 
-def before_test() -> None:
-    restored = []
+def _restore_machinery(restored: list[str]) -> None:
+    if not _machinery:
+        return
+    shell = _shell()
+    for name, (original_list, saved) in _machinery["lists"].items():
+        current = getattr(shell, name, None) if "." not in name else getattr(
+            shell.input_transformer_manager, name.split(".", 1)[1], None)
+        if current is not original_list or list(current) != saved:
+            original_list[:] = saved
+            target = shell if "." not in name else shell.input_transformer_manager
+            setattr(target, name.split(".")[-1], original_list)
+            restored.append(f"IPython {name}")
+    callbacks = shell.events.callbacks
+    for event, saved in _machinery["events"].items():
+        if callbacks.get(event) != saved:
+            callbacks[event] = list(saved)
+            restored.append(f"IPython event hooks ({event})")
+    if shell.custom_exceptions != _machinery["custom_exceptions"]:
+        shell.custom_exceptions = _machinery["custom_exceptions"]
+        restored.append("IPython custom exception handler")
+    for name, obj in _machinery["objects"].items():
+        saved = _machinery["instance"].get(name, {})
+        namespace = vars(obj) if hasattr(obj, "__dict__") else {}
+        for key in list(namespace):
+            value = namespace[key]
+            # a public name, or one that hides a method of the class; not the private originals ipykernel
+            # itself saves on the instance at each request (``_save_getpass``, ``_sys_raw_input``)
+            if not (callable(value) or callable(saved.get(key))) or key.startswith("__") or (
+                    key.startswith("_") and not any(key in vars(c) for c in type(obj).__mro__)):
+                continue
+            if key in saved:
+                if saved[key] is not value and callable(saved[key]):
+                    namespace[key] = saved[key]
+                    restored.append(f"{name}.{key}")
+            elif callable(value):
+                del namespace[key]
+                restored.append(f"{name}.{key}")
+    for cls, saved in _machinery["classes"].items():
+        for key, value in saved.items():
+            if cls.__dict__.get(key, _MISSING) is not value:
+                setattr(cls, key, value)
+                restored.append(f"{cls.__name__}.{key}")
+
+
+def _notebook_code(code) -> bool:
+    name = getattr(code, "co_filename", "") or ""
+    return name.startswith("<ipython-input") or "/ipykernel_" in name
+
+
+def _stop_notebook_threads(restored: list[str]) -> None:
+    """Stop the threads the notebook started (one could re-patch a function right after it is put back)."""
+    import ctypes
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or not thread.is_alive():
+            continue
+        target = getattr(thread, "_target", None)
+        run = type(thread).run
+        codes = [getattr(target, "__code__", None), getattr(run, "__code__", None)]
+        if not any(c is not None and _notebook_code(c) for c in codes):
+            continue
+        for _ in range(3):
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit))
+            thread.join(0.2)
+            if not thread.is_alive():
+                break
+        restored.append(f"thread {thread.name!r} stopped" if not thread.is_alive()
+                        else f"thread {thread.name!r} (could not be stopped)")
+
+
+def before_test() -> str:
+    """Put back what the notebook changed; returns what was put back ('' when nothing)."""
+    restored: list[str] = []
+    if sys.gettrace() is not None:
+        sys.settrace(None)
+        restored.append("sys.settrace")
+    if sys.getprofile() is not None:
+        sys.setprofile(None)
+        restored.append("sys.setprofile")
+    _stop_notebook_threads(restored)
     for name, saved in _originals.items():
         module = sys.modules.get(name)
         if module is None:
@@ -71,18 +190,23 @@ def before_test() -> None:
             if namespace.get(attr, _MISSING) is not value:
                 namespace[attr] = value
                 restored.append(f"{name}.{attr}")
+    _restore_machinery(restored)
     user_ns = _user_ns()
     for key, value in _given.items():
         if user_ns.get(key, _MISSING) is not value:
             user_ns[key] = value
             restored.append(key)
-    if restored:
-        print(MARK, ", ".join(sorted(restored)[:10]) + (" ..." if len(restored) > 10 else ""))
+    restored = sorted(set(restored))
+    return ", ".join(restored[:10]) + (" ..." if len(restored) > 10 else "")
 
 
-# the lines the grader adds to the lab's cells (see pipeline.build_template)
+# what the grader adds: around the lab's given read-only cells (pipeline.build_template), at kernel start
+# (kernel.py), and the expression it evaluates before each test (inner._sandbox_execute)
 _CALL = '__import__("optcourse.autograde.guard").autograde.guard.'
-TEST_PREFIX = _CALL + "before_test()\n"
 GIVEN_PREFIX = _CALL + "given_start()\n"
 GIVEN_SUFFIX = "\n" + _CALL + "given_end()"
-STARTUP = _CALL + "install()"
+BEFORE_TEST = _CALL + "before_test()"
+
+
+def startup(extra: tuple[str, ...] = ()) -> str:
+    return _CALL + f"install({tuple(extra)!r})"

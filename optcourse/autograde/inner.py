@@ -19,6 +19,21 @@ import traceback
 MAX_ARTIFACT_BYTES = 64 << 20
 
 
+GRADER_ERRORS = ("NotRun", "KernelTampered", "KernelDied", "KernelStuck")
+_stopped_cells: dict[str, tuple[str, str]] = {}  # grade_id -> the error the grader itself wrote (not the notebook)
+
+
+def _grader_error(cell, ename: str, evalue: str):
+    """An error output written by the grader; recorded so that a notebook raising an exception of the same name
+    cannot pass its own message off as the grader's."""
+    from nbformat.v4 import new_output
+
+    gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+    if gid:
+        _stopped_cells[gid] = (ename, evalue)
+    return new_output("error", ename=ename, evalue=evalue, traceback=[])
+
+
 def _sandbox_execute():
     """nbgrader's Execute preprocessor, hardened for hostile notebooks (a class made on demand: nbgrader is
     imported only inside the sandbox).
@@ -39,19 +54,60 @@ def _sandbox_execute():
         _stopped: str | None = None
 
         def preprocess(self, nb, resources=None, km=None):
+            # the kernel runs in its own folder: the one nbgrader reads and writes (the notebook with the hidden
+            # tests) stays root's
             self._stopped = None
-            return super().preprocess(nb, resources, km)
+            meta = (resources if resources is not None else {}).setdefault("metadata", {})
+            original = meta.get("path")
+            if original:
+                meta["path"] = _student_workdir(original)
+            try:
+                return super().preprocess(nb, resources, km)
+            finally:
+                meta["path"] = original
+
+        def _guard_kernel(self) -> tuple[bool, str]:
+            """Put the kernel back as the instructor gave it (``guard.before_test``), through an execute
+            request's ``user_expressions``: IPython evaluates those without its input or AST transformers, so
+            nothing the notebook registered there can skip the call. Returns (ok, what was put back)."""
+            from jupyter_core.utils import run_sync
+
+            from optcourse.autograde.guard import BEFORE_TEST
+
+            try:
+                msg_id = self.kc.execute("", silent=True, store_history=False, user_expressions={"guard": BEFORE_TEST})
+                reply = run_sync(self.async_wait_for_reply)(msg_id)
+            except Exception as exc:  # noqa: BLE001 - a kernel that cannot answer is not trusted for a test
+                return False, type(exc).__name__
+            content = (reply or {}).get("content", {})
+            value = content.get("user_expressions", {}).get("guard", {})
+            if content.get("status") != "ok" or value.get("status") != "ok":
+                return False, str(value.get("ename") or content.get("ename") or "no answer")[:100]
+            text = str(value.get("data", {}).get("text/plain", "''"))
+            return True, text.strip("'\"")[:300]
 
         def preprocess_cell(self, cell, resources, index):
             if cell.cell_type != "code":
                 return cell, resources
             if self._stopped:
-                cell.outputs = [new_output("error", ename="NotRun", evalue=self._stopped, traceback=[])]
+                cell.outputs = [_grader_error(cell, "NotRun", self._stopped)]
                 return cell, resources
+            restored = ""
+            if cell.get("metadata", {}).get("nbgrader", {}).get("grade") and self.kc is not None:
+                ok, restored = self._guard_kernel()
+                if not ok:  # the test does not run in a kernel the grader cannot put back
+                    cell.outputs = [_grader_error(cell, "KernelTampered", (
+                        "the grader could not check the kernel before this test (the notebook changed how the kernel "
+                        f"runs code: {restored}); the test was not run"))]
+                    return cell, resources
             try:
                 cell, resources = super().preprocess_cell(cell, resources, index)
+                if restored:  # said first in the cell's output; the parent reports it to the instructor
+                    from optcourse.autograde.guard import MARK
+
+                    cell.outputs.insert(0, new_output("stream", name="stdout", text=f"{MARK} {restored}\n"))
             except DeadKernelError:
-                cell.outputs.append(new_output("error", ename="KernelDied", traceback=[], evalue=(
+                cell.outputs.append(_grader_error(cell, "KernelDied", (
                     "the kernel died while this cell ran (the code ended Python: os._exit, exit(), a crash)")))
                 self._stopped = "not run: the kernel died in an earlier cell"
                 return cell, resources
@@ -72,11 +128,28 @@ def _sandbox_execute():
                 why = f"the cell started {strays} processes (a fork bomb?)"
             else:
                 return cell, resources
-            cell.outputs = [new_output("error", ename="KernelStuck", traceback=[], evalue=why + "; the kernel was stopped")]
+            cell.outputs = [_grader_error(cell, "KernelStuck", why + "; the kernel was stopped")]
             self._stopped = "not run: the kernel was stopped in an earlier cell"
             return cell, resources
 
     return SandboxExecute
+
+
+def _student_workdir(lab_dir: str) -> str:
+    """Copy the lab's files (not its notebooks, never following links) into the kernel's working folder."""
+    import shutil
+
+    from optcourse.autograde.kernel import WORK_DIR
+
+    for name in os.listdir(lab_dir):
+        src, dest = os.path.join(lab_dir, name), os.path.join(WORK_DIR, name)
+        if name.endswith(".ipynb") or os.path.islink(src):
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, dest, symlinks=True)
+        elif os.path.isfile(src):
+            shutil.copyfile(src, dest)
+    return WORK_DIR
 
 
 FORK_FLOOD = 32  # processes left by one cell beyond which the kernel is not trusted (a pool has a few)
@@ -163,6 +236,11 @@ def _cell_reports(nb_path: str) -> dict:
         outputs = cell.get("outputs", [])
         errors = [(str(o.get("ename", ""))[:200], str(o.get("evalue", ""))[:2000])
                   for o in outputs if o.get("output_type") == "error"]
+        if gid in _stopped_cells:  # the grader's own verdict on this cell comes first
+            errors.insert(0, _stopped_cells[gid])
+        # a notebook's exception named like one of the grader's is the notebook's, whatever its name
+        errors = [(e if (e, v) == _stopped_cells.get(gid) or e not in GRADER_ERRORS else "Exception", v)
+                  for e, v in errors]
         if errors:
             report["errors"][gid] = errors[0]
         for out in outputs:
@@ -238,6 +316,7 @@ def main(root: str) -> int:
         from nbgrader.api import Gradebook
         from nbgrader.apps import NbGraderAPI
 
+        os.environ["OPTCOURSE_SANDBOX_WATCH"] = ",".join(job.get("watch", []))  # read by kernel.py
         api = NbGraderAPI(config=_config(root, job))
         with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
             gb.update_or_create_student(student)
@@ -262,7 +341,8 @@ def main(root: str) -> int:
             result["readded"] += report["readded"]
         if job.get("keep_notebook"):  # the folder is the sandbox's tmpfs: copy the executed notebook out
             _copy_artifacts(graded_dir, notebooks, os.path.join(root, "executed"))
-        result["artifacts"] = _copy_artifacts(graded_dir, job.get("artifacts", []), os.path.join(root, "artifacts"))
+        result["artifacts"] = _copy_artifacts(os.path.join(root, "work"), job.get("artifacts", []),
+                                              os.path.join(root, "artifacts"))
         result["ok"] = bool(out["success"])
     except Exception:  # noqa: BLE001 - report, the parent decides
         result["log"] += "\n" + traceback.format_exc()[-20000:]

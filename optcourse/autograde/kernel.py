@@ -17,6 +17,9 @@ import shutil
 import sys
 
 
+WORK_DIR = "/grading/work"  # the kernel's working folder: a copy of the lab's files (inner._student_workdir)
+
+
 def _limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
@@ -26,8 +29,8 @@ def main(argv: list[str]) -> None:
     uid = int(os.environ["OPTCOURSE_SANDBOX_UID"])
     home = os.environ["OPTCOURSE_SANDBOX_HOME"]
     cwd = os.getcwd()
-    if not cwd.startswith("/grading/autograded/"):
-        raise SystemExit(f"sandbox kernel refused to start outside /grading/autograded (cwd {cwd})")
+    if cwd != WORK_DIR:
+        raise SystemExit(f"sandbox kernel refused to start outside {WORK_DIR} (cwd {cwd})")
     os.makedirs(home, exist_ok=True)
     private_conn = os.path.join(home, "kernel-connection.json")
     shutil.copyfile(conn, private_conn)
@@ -49,13 +52,14 @@ def main(argv: list[str]) -> None:
     if os.getuid() == 0 or os.geteuid() == 0:  # pragma: no cover - paranoia
         raise SystemExit("sandbox kernel still has root privileges")
     os.environ["HOME"] = home
+    watch = tuple(m for m in os.environ.get("OPTCOURSE_SANDBOX_WATCH", "").split(",") if m)
     for key in [k for k in os.environ if k.startswith("OPTCOURSE_SANDBOX_")]:
         del os.environ[key]
-    from optcourse.autograde.guard import STARTUP
+    from optcourse.autograde.guard import startup
 
-    # the guard records the library functions before any student code runs (see guard.py)
+    # the guard records the library functions and IPython's machinery before any student code runs (guard.py)
     os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", private_conn,
-                              f"--IPKernelApp.exec_lines={STARTUP}", *extra])
+                              f"--IPKernelApp.exec_lines={startup(watch)}", *extra])
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class LabInfo:
     cell_ids: set[str] = dataclasses.field(default_factory=set)  # every nbgrader cell of the lab
     given: set[str] = dataclasses.field(default_factory=set)     # read-only code cells the lab gives (helpers)
     limits: dict = dataclasses.field(default_factory=dict)       # the lab's own grading limits (lab_limits)
+    watch: list[str] = dataclasses.field(default_factory=list)   # extra modules the guard records (torch, ...)
+    messages: list = dataclasses.field(default_factory=list)     # the tests' own strings (test_messages)
 
 
 @dataclasses.dataclass
@@ -142,20 +144,27 @@ def collect_submissions(source: str | os.PathLike, lab: str, workdir: pathlib.Pa
 
 # ---------------------------------------------------------------------------------------- the lab
 def _add_guard(path: pathlib.Path) -> None:
-    """Make the lab's test cells call ``guard.before_test()`` first and its given read-only code cells record
-    what they define, in the copy nbgrader generates the sandbox's gradebook from (see ``guard``)."""
+    """Make the lab's given read-only code cells (test helpers) record what they define, in the copy nbgrader
+    generates the sandbox's gradebook from (see ``guard``; before each test the sandbox calls the guard itself)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type != "code" or meta.get("solution"):
-            continue
-        if meta.get("grade"):
-            cell.source = guard.TEST_PREFIX + cell.source
-        elif meta.get("locked"):
+        if cell.cell_type == "code" and meta.get("locked") and not meta.get("grade") and not meta.get("solution"):
             cell.source = guard.GIVEN_PREFIX + cell.source + guard.GIVEN_SUFFIX
     nbformat.write(nb, path)
+
+
+# library modules a lab's tests lean on, watched by the guard when the lab imports them
+LAB_WATCHED = {"torch": ("torch", "torch.testing", "torch.nn.functional"), "pandas": ("pandas", "pandas.testing")}
+
+
+def watched_modules(nb) -> list[str]:
+    """The extra modules the guard records for this lab: those of ``LAB_WATCHED`` its source imports."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    return sorted({m for top, mods in LAB_WATCHED.items() if re.search(rf"^\s*(import|from)\s+{top}\b", code, re.M)
+                   for m in mods})
 
 
 def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) -> LabInfo:
@@ -199,7 +208,56 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
                 code_tests.add(meta["grade_id"])
         for block in HIDDEN_RE.findall(cell.source):
             hidden += [line.strip() for line in block.splitlines() if len(line.strip()) >= 6]
-    return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given, limits)
+    messages = test_messages([c.source for c in nb.cells if c.cell_type == "code"
+                              and c.get("metadata", {}).get("nbgrader", {}).get("locked")])
+    return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given, limits,
+                   watched_modules(nb), messages)
+
+
+FILL = r"[^\n]{0,120}?"  # what a test's f-string puts in a message: short, one line
+
+
+def test_messages(sources: list[str]) -> list[re.Pattern]:
+    """The failure messages the instructor's test cells (and given helpers) can produce: each string literal,
+    and each f-string as a pattern whose placeholders match a short single-line value. Feedback shows a
+    failure's message only when it is one of these (``instructor_message``): a notebook cannot make the
+    grader show students anything else, such as the source of a hidden test."""
+    import ast
+
+    patterns = set()
+    for src in sources:
+        src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        inside = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                parts = [re.escape(v.value) if isinstance(v, ast.Constant) else FILL for v in node.values]
+                patterns.add("".join(parts))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in inside:
+                if len(node.value.strip()) >= 3:
+                    patterns.add(re.escape(node.value))
+    return [re.compile(p, re.S) for p in sorted(patterns)]
+
+
+INVISIBLE_RE = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+def instructor_message(text: str, info: LabInfo) -> str | None:
+    """``text`` when it is one of the lab's test messages and quotes no hidden test, else None."""
+    text = INVISIBLE_RE.sub("", ANSI_RE.sub("", text or "")).strip()
+    if not text or len(text) > 2000:
+        return None
+    for pattern in info.messages:
+        match = pattern.fullmatch(text)
+        if match is None:
+            continue
+        if any(h in text for h in info.hidden):
+            return None
+        return text
+    return None
 
 
 LAB_LIMIT_KEYS = {"cell_timeout_s": int, "notebook_timeout_s": int, "memory_gb": float}
@@ -289,7 +347,7 @@ def _grade_in_sandbox(task: dict) -> dict:
     limits = Limits(**task["limits"])
     jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
                         task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"],
-                        keep_notebook=bool(task.get("keep_jail")))
+                        keep_notebook=bool(task.get("keep_jail")), watch=task.get("watch", []))
     try:
         run = run_jail(jail, task["uid"], limits)
         art_src = jail / "grading" / "artifacts"
@@ -335,22 +393,32 @@ def scrub(text: str, hidden: list[str], limit: int = 400) -> str:
 
 
 # errors the sandbox's Execute reports when it had to stop the kernel (inner._sandbox_execute): the message is the reason
-SANDBOX_ERRORS = {"KernelDied", "KernelStuck", "NotRun"}
+SANDBOX_ERRORS = {"KernelDied", "KernelStuck", "NotRun", "KernelTampered"}
+
+
+def _known_exception(ename: str) -> str | None:
+    """``ename`` when it names one of Python's own exceptions (a notebook can name its own class anything)."""
+    import builtins
+
+    value = getattr(builtins, ename, None) if re.fullmatch(r"[A-Za-z]{1,40}", ename or "") else None
+    return ename if isinstance(value, type) and issubclass(value, BaseException) else None
 
 
 def _reason(ename: str, evalue: str, info: LabInfo, limits: Limits) -> str:
     if ename in ("CellTimeoutError", "KeyboardInterrupt"):
         return f"the cell ran longer than the {limits.cell_timeout_s} s limit and was stopped"
-    message = scrub(evalue, info.hidden)
-    if ename in SANDBOX_ERRORS:
-        return message
-    if ename == "AssertionError" and not message:
-        return "a test failed (AssertionError without a message)"
+    if ename in SANDBOX_ERRORS:  # written by the grader's own Execute (inner.py), not by the notebook
+        return scrub(evalue, info.hidden)
+    name = _known_exception(ename)
+    said = instructor_message(evalue, info)
+    message = scrub(said, info.hidden) if said else ""
     if ename == "MemoryError":
         return "the cell ran out of memory (the sandbox limit)"
     if ename == "NotImplementedError" and not message:
         return "not answered yet (NotImplementedError)"
-    return f"{scrub(ename, info.hidden, 80)}: {message}" if message else scrub(ename, info.hidden, 80)
+    if message:
+        return f"{name or 'Error'}: {message}"
+    return f"a test failed ({name})" if name else "a test failed"
 
 
 def _dict(value) -> dict:
@@ -570,7 +638,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
             tasks[sub.student] = (sub, code, {
                 "template": str(info.template), "lab": lab, "student": sub.student, "path": str(sub.path.resolve()),
                 "notebook": info.notebook, "artifacts": artifacts, "limits": dataclasses.asdict(limits),
-                "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded,
+                "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded, "watch": info.watch,
                 "artifact_dir": str(out / "artifacts" / sub.student)})
         bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
         bar.update(len(results))

@@ -75,6 +75,75 @@ def sandbox_available() -> tuple[bool, str]:
     return True, "namespaces available"
 
 
+class Cgroup:
+    """One submission's cgroup (v1 ``memory`` and ``pids`` controllers, where the host mounts them): limits
+    that hold across every process of the sandbox and the tmpfs pages they fill, which per-process rlimits do
+    not. Memory: the kernel's limit plus ``GRADER_MEMORY`` for nbgrader itself (no memory group for a GPU
+    sandbox, whose CUDA host allocations are not the student's choice); tasks: ``nproc`` plus
+    ``GRADER_TASKS`` for nbgrader's threads. ``close()`` kills whatever is left in it and removes it."""
+
+    ROOT = pathlib.Path("/sys/fs/cgroup")
+    GRADER_MEMORY = 768 << 20
+    GRADER_TASKS = 256
+
+    def __init__(self, name: str, limits: Limits):
+        self.dirs: list[pathlib.Path] = []
+        wanted = {"pids": {"pids.max": limits.nproc + self.GRADER_TASKS}}
+        if not limits.gpu:
+            wanted["memory"] = {"memory.limit_in_bytes": limits.memory_bytes + self.GRADER_MEMORY}
+        for controller, settings in wanted.items():
+            base = self.ROOT / controller
+            if os.geteuid() != 0 or not (base / "cgroup.procs").is_file():
+                continue
+            path = base / "optcourse-sandbox" / name
+            try:
+                path.mkdir(parents=True)
+                for key, value in settings.items():
+                    (path / key).write_text(str(value))
+            except OSError:
+                self._remove(path)
+                continue
+            self.dirs.append(path)
+
+    @property
+    def procs(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def members(self) -> set[int]:
+        pids = set()
+        for d in self.dirs:
+            try:
+                pids |= {int(x) for x in (d / "cgroup.procs").read_text().split()}
+            except OSError:
+                pass
+        return pids
+
+    def close(self) -> None:
+        for _ in range(50):
+            left = self.members()
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        for d in self.dirs:
+            self._remove(d)
+
+    @staticmethod
+    def _remove(path: pathlib.Path) -> None:
+        for _ in range(20):
+            try:
+                path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.05)
+
+
 def _bind_sources() -> list[str]:
     """Host paths bound read-only into the sandbox root: system, interpreter, venv, course library."""
     wanted = ["/usr", "/etc", os.path.realpath(sys.base_prefix), sys.prefix, os.path.realpath(sys.prefix),
@@ -113,15 +182,19 @@ def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
                      f'mount -o remount,bind,ro "$N"{q(src)}')
     lines += [
         f'mkdir -p "$N"{SANDBOX_ROOT} && mount --bind {q(grading)} "$N"{SANDBOX_ROOT}',
-        # what the kernel's user can write (its notebook folder, its HOME) is a size-limited tmpfs, not the host's disk
-        *[f'mount -t tmpfs -o mode={mode},size={limits.work_bytes} tmpfs "$N"{SANDBOX_ROOT}/{sub}'
-          for sub, mode in (("autograded", "0711"), ("home", "0700"))],
+        # size-limited tmpfs, not the host's disk: nbgrader's output (root only: the notebook there holds the
+        # hidden tests, and a student's symlink there must not redirect nbgrader's writes), the kernel's
+        # working folder and its HOME (given to the kernel's user by kernel.py)
+        *[f'mount -t tmpfs -o mode=0700,size={limits.work_bytes} tmpfs "$N"{SANDBOX_ROOT}/{sub}'
+          for sub in ("autograded", "work", "home")],
         'mkdir -p "$N"/dev "$N"/proc',
         'mount -t tmpfs -o mode=0755,size=1m tmpfs "$N"/dev',
         'for d in null zero random urandom full; do touch "$N"/dev/$d; mount --bind /dev/$d "$N"/dev/$d; done',
         *[f'touch "$N"{q(d)} && mount --bind {q(d)} "$N"{q(d)}' for d in (_gpu_devices() if limits.gpu else [])],
         f'mkdir "$N"/dev/shm && mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/dev/shm',
         'mount -t proc -o nosuid,nodev,noexec proc "$N"/proc',
+        # host-wide kernel settings stay out of reach even of the sandbox's root
+        'mount --bind "$N"/proc/sys "$N"/proc/sys && mount -o remount,bind,ro "$N"/proc/sys',
         f"{q(shutil.which('ip') or '/usr/sbin/ip')} link set lo up",  # the kernel's ZMQ sockets use this namespace's own loopback
         f'exec {q(shutil.which("chroot") or "/usr/sbin/chroot")} "$N" {q(sys.executable)} -m optcourse.autograde.inner {SANDBOX_ROOT}',
     ]
@@ -162,7 +235,7 @@ def _environment(uid: int, limits: Limits) -> dict[str, str]:
 
 def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathlib.Path,
                  notebook_name: str, artifacts: list[str], limits: Limits, jail_parent: pathlib.Path | None = None,
-                 uid: int = UID_BASE, keep_notebook: bool = False) -> pathlib.Path:
+                 uid: int = UID_BASE, keep_notebook: bool = False, watch: list[str] | None = None) -> pathlib.Path:
     """Make this submission's private course copy: template (lab files without notebooks + gradebook) + notebook."""
     jail = pathlib.Path(tempfile.mkdtemp(prefix="ogjail-", dir=jail_parent))
     os.chmod(jail, 0o700)
@@ -176,8 +249,8 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
     sub_dir = grading / "submitted" / student / lab
     shutil.copytree(grading / "source" / lab, sub_dir)
     shutil.copyfile(notebook, sub_dir / notebook_name)
-    (grading / "autograded").mkdir(mode=0o711)
-    (grading / "home").mkdir(mode=0o700)
+    for sub in ("autograded", "work", "home"):
+        (grading / sub).mkdir(mode=0o700)
     os.chown(grading / "home", uid, uid)
     kdir = grading / "jupyter" / "data" / "kernels" / KERNEL_NAME
     kdir.mkdir(parents=True)
@@ -186,7 +259,7 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
         "display_name": "optcourse sandbox", "language": "python"}))
     (jail / "root").mkdir()
     job = {"lab": lab, "student": student, "cell_timeout": limits.cell_timeout_s, "artifacts": artifacts,
-           "keep_notebook": keep_notebook}
+           "keep_notebook": keep_notebook, "watch": list(watch or [])}
     (grading / "job.json").write_text(json.dumps(job))
     os.chmod(grading / "job.json", 0o600)
     return jail
@@ -195,8 +268,12 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
 def run_jail(jail: pathlib.Path, uid: int, limits: Limits) -> SandboxRun:
     """Execute the prepared jail in fresh namespaces; kill everything at the notebook time limit."""
     script = _mount_script(str(jail / "root"), str(jail / "grading"), limits)
-    cmd = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private",
-           "--", "sh", "-c", script]
+    cmd = ["unshare", "--mount", "--net", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
+           "--propagation", "private", "--", "sh", "-c", script]
+    group = Cgroup(jail.name, limits)
+    if group.procs:  # the sandbox enters its cgroup before it starts anything
+        cmd = ["sh", "-c", 'for f in "$@"; do echo $$ > "$f" || exit 97; shift; [ "$1" = -- ] && break; done; '
+               'shift; exec "$@"', "sh", *group.procs, "--", *cmd]
     start = time.monotonic()
     log_path = jail / "sandbox.log"
     with open(log_path, "wb") as log:
@@ -210,6 +287,7 @@ def run_jail(jail: pathlib.Path, uid: int, limits: Limits) -> SandboxRun:
             os.killpg(proc.pid, signal.SIGKILL)
             rc = proc.wait()
     wall = time.monotonic() - start
+    group.close()
     result = None
     result_path = jail / "grading" / "result.json"
     if not timed_out and result_path.is_file() and not result_path.is_symlink():

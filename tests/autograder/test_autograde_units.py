@@ -96,7 +96,7 @@ def test_forged_sandbox_results_are_clamped_and_flagged(tmp_path):
                       "errors": {"test_b": ["AssertionError", ""]}}}
     res = pipeline.interpret(pipeline.Submission("eve", tmp_path / "x.ipynb"), out, lab, LIMITS)
     assert res.cells["test_a"].score == 2.0  # never more than the instructor's points
-    assert res.cells["test_b"].score == 0.0 and "without a message" in res.cells["test_b"].reason
+    assert res.cells["test_b"].score == 0.0 and res.cells["test_b"].reason == "a test failed (AssertionError)"
     assert res.cells["written"].score is None
     assert "bonus" not in res.cells and res.needs_review
     assert res.max_score == 6.0
@@ -156,15 +156,12 @@ def test_guard_puts_back_replaced_functions_and_given_helpers(monkeypatch, capsy
     try:
         np.allclose, time.perf_counter = (lambda *a, **k: True), (lambda: 0.0)
         user_ns["check_close"] = lambda *a: None
-        guard.before_test()
+        assert guard.before_test() == "check_close, numpy.allclose, time.perf_counter"
         assert np.allclose is allclose and time.perf_counter is perf_counter and user_ns["check_close"] is helper
-        assert capsys.readouterr().out.strip() == f"{guard.MARK} check_close, numpy.allclose, time.perf_counter"
-        guard.before_test()  # nothing replaced: nothing said
-        assert capsys.readouterr().out == ""
+        assert guard.before_test() == ""  # nothing replaced: nothing said
         time.tzset()  # what `import pandas` does: rebinds the data attribute time.tzname, which is no tampering
         time.tzname = tuple(time.tzname)
-        guard.before_test()
-        assert capsys.readouterr().out == ""
+        assert guard.before_test() == ""
     finally:
         np.allclose, time.perf_counter = allclose, perf_counter
 
@@ -202,7 +199,9 @@ def test_feedback_escapes_and_hides(tmp_path):
 def test_sandbox_mount_plan_hides_the_repository():
     script = _mount_script("/x/root", "/x/grading", Limits(work_bytes=1 << 20))
     assert "unshare" not in script and "chroot" in script
-    assert "size=1048576 tmpfs \"$N\"/grading/autograded" in script  # the student's writable folders are tmpfs
+    for sub in ("autograded", "work", "home"):  # nbgrader's output and the student's writable folders are tmpfs
+        assert f"mode=0700,size=1048576 tmpfs \"$N\"/grading/{sub}" in script
+    assert 'mount -o remount,bind,ro "$N"/proc/sys' in script
     assert "/dev/nvidia" not in script
     assert str(pathlib.Path(pipeline.__file__).resolve().parents[2] / "solutions") not in script
     assert "/grading" in script and "mount -t proc" in script
@@ -248,3 +247,78 @@ def test_lab_limits_come_from_the_instructor_source(tmp_path):
     for bad in ({"cell_timeout": 5}, {"cell_timeout_s": 0}):
         with pytest.raises(ValueError):
             pipeline.lab_limits(nbformat.v4.new_notebook(metadata={"optcourse": {"grading": bad}}))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the stopped thread's SystemExit
+def test_guard_undoes_what_a_notebook_does_to_ipython_itself(monkeypatch):
+    """Input and AST transformers, event hooks, a custom exception handler, a patched shell method and a thread
+    that re-patches: all undone before a test, so the test's assert still fails a wrong answer."""
+    import ast
+    import threading
+    import time
+
+    import numpy as np
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from optcourse.autograde import guard
+
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr(guard, "_shell", lambda: shell)
+    monkeypatch.setattr(guard, "_machinery", {})
+    monkeypatch.setattr(guard, "_originals", {})
+    allclose = np.allclose
+    guard.install()
+
+    class DropAsserts(ast.NodeTransformer):
+        def visit_Assert(self, node):
+            return ast.Pass()
+
+    stop = threading.Event()
+    code = compile("def repatch(np, stop):\n    while not stop.is_set():\n        np.allclose = lambda *a, **k: True\n",
+                   "/tmp/ipykernel_1/99.py", "exec")  # a function defined in a notebook cell
+    scope = {}
+    exec(code, scope)
+    thread = threading.Thread(target=scope["repatch"], args=(np, stop), daemon=True)
+    try:
+        shell.input_transformers_post.append(lambda lines: ["pass\n"])
+        shell.ast_transformers.append(DropAsserts())
+        shell.events.register("pre_run_cell", lambda info: None)
+        shell.set_custom_exc((AssertionError,), lambda *a, **k: None)
+        shell.run_cell = lambda *a, **k: None
+        thread.start()
+        time.sleep(0.05)
+        said = guard.before_test()
+        for what in ("IPython input_transformers_post", "IPython ast_transformers", "IPython event hooks (pre_run_cell)",
+                     "IPython custom exception handler", "shell.run_cell", "thread"):
+            assert what in said, (what, said)
+        assert not thread.is_alive() and np.allclose is allclose
+        result = shell.run_cell("assert np_allclose(1, 2), 'the test ran'", store_history=False)
+        assert isinstance(result.error_in_exec, NameError)  # the cell ran as written (not `pass`)
+        shell.user_ns["np_allclose"] = np.allclose
+        result = shell.run_cell("assert np_allclose(1, 2), 'the test ran'", store_history=False)
+        assert isinstance(result.error_in_exec, AssertionError)  # the assert kept, the failure not swallowed
+        assert guard.before_test() == ""
+    finally:
+        stop.set()
+        np.allclose = allclose
+        InteractiveShell.clear_instance()
+
+
+def test_feedback_shows_only_the_tests_own_messages(tmp_path):
+    lab = info(tmp_path)
+    lab.hidden = ["assert add(-4, 9) == 5, f'add must work with negative numbers: got {got}'"]
+    lab.messages = pipeline.test_messages([
+        "assert add(1, 1) == 2, 'add(1, 1) should be 2'\n%time x = 1\n",
+        "got = add(-4, 9)\nassert got == 5, f'add must work with negative numbers: got {got}'"])
+    reason = lambda ename, evalue: pipeline._reason(ename, evalue, lab, LIMITS)  # noqa: E731
+    assert reason("AssertionError", "add(1, 1) should be 2") == "AssertionError: add(1, 1) should be 2"
+    assert reason("AssertionError", "add must work with negative numbers: got -13") == (
+        "AssertionError: add must work with negative numbers: got -13")
+    leak = "assert add(-4, 9) == 5, f'add must work with negative numbers: got {got}'"
+    assert reason("AssertionError", "\u200b".join(leak)) == "a test failed (AssertionError)"  # the test's source
+    assert reason("AssertionError", "add must work with negative numbers: got " + leak) == "a test failed (AssertionError)"
+    assert reason("TypeError", "unsupported operand") == "a test failed (TypeError)"  # the notebook's own words
+    assert reason("SecretHiddenLine", "add(1, 1) should be 2") == "Error: add(1, 1) should be 2"
+    assert reason("SecretHiddenLine", "x") == "a test failed"  # a notebook's own exception class: no name shown
+    assert reason("NotImplementedError", "") == "not answered yet (NotImplementedError)"
+    assert reason("KernelDied", "the kernel died") == "the kernel died"  # written by the grader (inner.py)
