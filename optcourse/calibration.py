@@ -90,22 +90,12 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
 
 
-def entropy_threshold(hist: np.ndarray, edges: np.ndarray, num_quant_bins: int = 128) -> float:
-    """KL calibration (TensorRT's entropy calibrator) on a histogram of ``|x|``.
-
-    For every candidate cut ``i`` in ``num_quant_bins .. len(hist)`` (inclusive):
-      * ``p`` = the first ``i`` bins, with all counts beyond the cut added to bin ``i - 1`` (clipping);
-      * ``q`` = the first ``i`` bins (without the outliers) merged into ``num_quant_bins`` groups of
-        ``i // num_quant_bins`` bins (the last group takes the remainder), each group's total spread
-        evenly back over the bins of the group that were non-empty;
-      * keep the ``i`` with the smallest ``KL(p || q)``.
-    Returns the threshold ``edges[i]``: the upper edge of the last kept bin.
-    """
+def entropy_kl_curve(hist: np.ndarray, num_quant_bins: int = 128) -> np.ndarray:
+    """``KL(p || q)`` of every candidate cut ``i = num_quant_bins .. len(hist)`` (entry ``i - num_quant_bins``),
+    as ``entropy_threshold`` defines ``p`` and ``q``; ``inf`` where a cut has no mass to compare."""
     hist = np.asarray(hist, dtype=np.float64)
     n = len(hist)
-    if n <= num_quant_bins:
-        return float(edges[-1])
-    best_kl, best_i = np.inf, n
+    kls = np.full(max(n - num_quant_bins + 1, 0), np.inf)
     for i in range(num_quant_bins, n + 1):
         ref = hist[:i]
         p = ref.copy()
@@ -120,10 +110,52 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, num_quant_bins: int =
         q = np.where(nonzero > 0, totals[group] / np.maximum(counts[group], 1), 0.0)
         if q.sum() == 0:
             continue
-        kl = kl_divergence(p, q)
-        if kl < best_kl:
-            best_kl, best_i = kl, i
+        kls[i - num_quant_bins] = kl_divergence(p, q)
+    return kls
+
+
+def entropy_threshold(hist: np.ndarray, edges: np.ndarray, num_quant_bins: int = 128) -> float:
+    """KL calibration (TensorRT's entropy calibrator) on a histogram of ``|x|``.
+
+    For every candidate cut ``i`` in ``num_quant_bins .. len(hist)`` (inclusive):
+      * ``p`` = the first ``i`` bins, with all counts beyond the cut added to bin ``i - 1`` (clipping);
+      * ``q`` = the first ``i`` bins (without the outliers) merged into ``num_quant_bins`` groups of
+        ``i // num_quant_bins`` bins (the last group takes the remainder), each group's total spread
+        evenly back over the bins of the group that were non-empty;
+      * keep the ``i`` with the smallest ``KL(p || q)`` (the first one on ties).
+    Returns the threshold ``edges[i]``: the upper edge of the last kept bin.
+    """
+    n = len(hist)
+    if n <= num_quant_bins:
+        return float(edges[-1])
+    kls = entropy_kl_curve(hist, num_quant_bins)
+    best_i = n if not np.isfinite(kls).any() else num_quant_bins + int(np.argmin(kls))
     return float(edges[best_i])
+
+
+def entropy_threshold_acceptable(threshold: float, hist: np.ndarray, edges: np.ndarray, num_quant_bins: int = 128,
+                                 rtol: float = 1e-9) -> bool:
+    """Whether ``threshold`` is a correct answer of the entropy search: the reference's cut, or another cut
+    ``edges[i]`` whose KL equals the smallest KL up to ``rtol`` (an implementation that sums or takes logs in
+    another order can break a near-tie the other way; both are right)."""
+    reference = entropy_threshold(hist, edges, num_quant_bins)
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        return False
+    if np.isclose(threshold, reference, rtol=rtol, atol=0.0):
+        return True
+    n = len(hist)
+    if n <= num_quant_bins:
+        return False
+    cuts = np.flatnonzero(np.isclose(np.asarray(edges, dtype=np.float64), threshold, rtol=rtol, atol=0.0))
+    kls = entropy_kl_curve(hist, num_quant_bins)
+    best = float(np.min(kls))
+    for i in cuts:
+        if num_quant_bins <= i <= n and np.isfinite(kls[i - num_quant_bins]) and \
+                kls[i - num_quant_bins] <= best + rtol * max(abs(best), 1e-12):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------

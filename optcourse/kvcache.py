@@ -240,7 +240,7 @@ class Request:
 class SimResult:
     """Outcome of a batching simulation; times are decode steps (one step = one token per running seq)."""
 
-    first_token: dict[int, int]     # rid -> step at which its first output token was produced
+    first_token: dict[int, int]     # rid -> step at which its first output token was produced (kept across preemption)
     finish: dict[int, int]          # rid -> step at which its last output token was produced
     steps: int                      # total steps until the last request finished
     running: list[int]              # number of running sequences in each step
@@ -313,7 +313,9 @@ def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: i
        skipping the head of the queue) while fewer than ``max_num_seqs`` run and the free blocks hold
        their prompt + 1 token;
     3. every running sequence produces one token (a newly admitted one: its prefill and first token);
-       sequences that produced their last token finish and free their blocks.
+       sequences that produced their last token finish and free their blocks. ``first_token`` is recorded
+       once, at the first token a request produces: a preempted request that is admitted again keeps it
+       (the client already received that token, so it is the request's TTFT).
     A request that cannot fit alone raises ``ValueError``.
     """
     for r in trace:
@@ -358,7 +360,7 @@ def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: i
         still = []
         for entry in running:
             req = entry[0]
-            if entry[1] == 0:
+            if entry[1] == 0 and req.rid not in first:   # once: a preempted, re-admitted request keeps it
                 first[req.rid] = step
             entry[1] += 1
             if entry[1] >= req.output_len:

@@ -275,6 +275,31 @@ def _split_row(line: str) -> list[str]:
     return re.split(r"(?<!\\)\|", body)
 
 
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+
+def markdown_sections(text: str) -> dict[str, str]:
+    """The sections of a report's Markdown: ``{heading text: the text under it}``, up to the next heading
+    of the same or a higher level (subsections stay inside their section). Headings inside fenced code
+    blocks are not headings. A heading that occurs twice keeps its sections joined."""
+    lines = text.splitlines()
+    heads = []  # (line index, level, title)
+    fenced = False
+    for i, line in enumerate(lines):
+        if line.strip().startswith("```"):
+            fenced = not fenced
+            continue
+        m = None if fenced else _HEADING.match(line.strip())
+        if m:
+            heads.append((i, len(m.group(1)), m.group(2).strip()))
+    sections: dict[str, str] = {}
+    for k, (i, level, title) in enumerate(heads):
+        end = next((j for j, lv, _ in heads[k + 1:] if lv <= level), len(lines))
+        body = "\n".join(lines[i + 1:end]).strip()
+        sections[title] = f"{sections[title]}\n\n{body}".strip() if title in sections else body
+    return sections
+
+
 def html_embedded_images(text: str) -> int:
     """How many base64 PNG images an HTML report embeds (a self-containment check)."""
     return len(re.findall(r"src='data:image/png;base64,[A-Za-z0-9+/=]+'", text))

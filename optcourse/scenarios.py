@@ -17,6 +17,10 @@ Statistics:
 - ``mann_whitney``: is B faster than A? a rank test (scipy) that needs no normality;
 - ``cost_per_million``: cost of 1M requests (or tokens) from a throughput and a price per hour.
 
+Reference implementations of lab 04's tasks (the lab's given cells fall back on them when a task is
+not written yet, and its tests use them for earlier tasks' results, so that one blank task costs only
+its own points): ``time_calls`` (Task 2), ``model_scenarios`` (Task 4), ``technique_table`` (Task 5).
+
 Timing itself is ``optcourse.bench`` (warm-up, synchronisation, percentiles); this module only
 arranges calls into scenarios.
 """
@@ -30,7 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from optcourse.bench import Stats, cuda_synchronize, measure
+from optcourse.bench import Comparison, Stats, cuda_synchronize, measure
 
 
 # --------------------------------------------------------------------------------------- scenarios
@@ -244,3 +248,51 @@ def cost_per_million(throughput_per_s: float, price_per_hour: float) -> float:
     if throughput_per_s <= 0:
         return math.inf
     return price_per_hour / 3600.0 / throughput_per_s * 1e6
+
+
+# ------------------------------------------------------------------- lab 04 reference implementations
+def time_calls(fn: Callable[[], object], sync: Callable[[], object] = lambda: None, warmup: int = 3,
+               min_repeat: int = 10, max_repeat: int = 1000, rel_ci: float = 0.05,
+               clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Per-call times (ms) of ``fn()``: ``warmup`` untimed calls and ``sync()``, then each call timed as
+    ``clock(); fn(); sync(); clock()`` until there are ``min_repeat`` samples and the 95 % confidence
+    interval of the mean is tight (1.96 s / sqrt(n) <= rel_ci * mean, s with ddof=1), or ``max_repeat``."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples: list[float] = []
+    while len(samples) < max_repeat:
+        t0 = clock()
+        fn()
+        sync()
+        samples.append((clock() - t0) * 1e3)
+        if len(samples) >= max(min_repeat, 2):
+            mean = float(np.mean(samples))
+            if 1.96 * float(np.std(samples, ddof=1)) / math.sqrt(len(samples)) <= rel_ci * mean:
+                break
+    return samples
+
+
+def model_scenarios(name: str, fn_single: Callable[[], object], fn_batch: Callable[[], object], batch_size: int, *,
+                    queries: int, offline_repeat: int, latency_bound_ms: float, server_queries: int,
+                    warmup: int = 5, offline_warmup: int = 1) -> dict:
+    """SingleStream, Offline and the simulated Server scenario (highest QPS whose p99 meets the bound)
+    for one model: ``{"model", "single_stream", "p90_ms", "offline_throughput", "max_qps", "service_ms"}``."""
+    ss = single_stream(fn_single, queries=queries, warmup=warmup)
+    off = offline(fn_batch, batch_size, repeat=offline_repeat, warmup=offline_warmup)
+    max_qps, _ = find_max_qps(ss.latency.samples_ms, latency_bound_ms, percentile=99, queries=server_queries)
+    return {"model": name, "single_stream": ss, "p90_ms": ss.p90_ms, "offline_throughput": off.throughput,
+            "max_qps": max_qps, "service_ms": ss.latency.samples_ms}
+
+
+def technique_table(comparison: Comparison, baseline: str, price_per_hour: float) -> list[dict]:
+    """One row per variant of ``comparison`` (in its order): ``variant``, ``p50_ms``, ``p90_ms`` (of all
+    samples), ``speedup`` over ``baseline`` (median of per-round ratios), ``throughput_rps`` (one stream:
+    1000 / mean latency in ms) and ``cost_per_1M`` at ``price_per_hour``."""
+    rows = []
+    for name, st in comparison.stats.items():
+        throughput = 1e3 / st.mean
+        rows.append({"variant": name, "p50_ms": st.percentile(50), "p90_ms": st.percentile(90),
+                     "speedup": comparison.speedup(baseline, name), "throughput_rps": throughput,
+                     "cost_per_1M": cost_per_million(throughput, price_per_hour)})
+    return rows

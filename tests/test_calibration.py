@@ -118,3 +118,24 @@ def test_collect_activation_stats_sees_the_real_ranges(tiny_onnx):
         assert set(th) == set(names) and all(0 < v <= stats[n].absmax + 1e-6 for n, v in th.items())
     with pytest.raises(ValueError):
         cal.thresholds_from_stats(stats, "mse")
+
+
+def test_entropy_kl_curve_and_acceptable_answers():
+    rng = np.random.default_rng(3)
+    hist, edges = cal.abs_histogram(np.concatenate([rng.laplace(size=20_000), [60.0]]), num_bins=512)
+    kls = cal.entropy_kl_curve(hist, 128)
+    assert kls.shape == (512 - 128 + 1,)
+    best = cal.entropy_threshold(hist, edges, 128)
+    assert best == edges[128 + int(np.argmin(kls))]
+    assert cal.entropy_threshold_acceptable(best, hist, edges, 128)
+    assert not cal.entropy_threshold_acceptable(edges[-1], hist, edges, 128)
+    assert not cal.entropy_threshold_acceptable("not a number", hist, edges, 128)
+    flat = np.full(256, 10.0)  # nothing to clip: the last cut (len(hist), inclusive) has KL 0
+    e = np.linspace(0, 1, 257)
+    assert cal.entropy_kl_curve(flat, 128)[-1] == 0.0 and cal.entropy_threshold(flat, e, 128) == 1.0
+    assert cal.entropy_threshold_acceptable(1.0, flat, e, 128) and not cal.entropy_threshold_acceptable(e[-2], flat, e, 128)
+    tie = np.zeros(256)  # two cuts with the same KL up to rounding: either is a correct answer
+    tie[:128] = 1.0
+    kt = cal.entropy_kl_curve(tie, 128)
+    near = [128 + i for i in np.flatnonzero(kt <= kt.min() * (1 + 1e-12) + 1e-15)]
+    assert all(cal.entropy_threshold_acceptable(e[i], tie, e, 128) for i in near)

@@ -173,3 +173,13 @@ def test_continuous_beats_static_and_preempts_when_memory_is_tight():
     assert set(tight.finish) == {r.rid for r in trace}
     with pytest.raises(ValueError):
         kvcache.simulate_continuous([Request(0, 0, 100, 100)], num_blocks=4, block_size=16, max_num_seqs=1)
+
+
+def test_first_token_is_kept_across_preemption():
+    """A preempted request's first token already reached the client: re-admission does not move its TTFT."""
+    trace = [Request(0, 0, 3, 6), Request(1, 0, 3, 2)]
+    res = kvcache.simulate_continuous(trace, num_blocks=3, block_size=4, max_num_seqs=2)
+    assert res.preemptions >= 1 and res.first_token == {0: 0, 1: 0}
+    assert res.finish[1] > 1   # it restarted after the preemption (progress lost), so it finished later
+    tight = kvcache.simulate_continuous(kvcache.make_trace(48, seed=3), num_blocks=40, block_size=16, max_num_seqs=16)
+    assert tight.preemptions > 0 and all(tight.first_token[r] <= tight.finish[r] for r in tight.finish)

@@ -64,3 +64,21 @@ def test_bad_names_and_duplicates_are_rejected():
 def test_read_markdown_tables_ignores_unmarked_tables():
     md = "| a |\n|---|\n| 1 |\n\nTable `x`: cap\n\n| a | b |\n|---|---|\n| 1 | — |\n"
     assert report.read_markdown_tables(md) == {"x": [{"a": 1, "b": None}]}
+
+
+def test_markdown_sections_split_on_headings(tmp_path):
+    rep = report.Report("Title")
+    rep.add_heading("Method")
+    rep.add_text("One thread, alternating rounds.")
+    rep.add_heading("Details", level=3)
+    rep.add_text("inside Method")
+    rep.add_heading("Results")
+    rep.add_table("t", [{"a": 1}])
+    rep.add_system({"python": "3.11", "note": "# not a heading"})
+    sections = report.markdown_sections(rep.to_markdown())
+    assert "One thread" in sections["Method"] and "inside Method" in sections["Method"]
+    assert sections["Details"] == "inside Method"
+    assert "Table `t`" in sections["Results"] and "inside Method" not in sections["Results"]
+    assert '"python": "3.11"' in sections["System"]
+    assert "not a heading" not in sections  # a '#' line inside a code block is not a heading
+    assert set(sections) == {"Title", "Method", "Details", "Results", "System"}

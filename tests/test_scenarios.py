@@ -129,3 +129,47 @@ def test_server_result_as_dict():
     res = scenarios.ServerResult(10.0, Stats([1.0, 2.0, 3.0]), 2.5, 99, "simulated")
     d = res.as_dict()
     assert d["valid"] is False and d["p99_ms"] == pytest.approx(np.percentile([1, 2, 3], 99))
+
+
+def test_time_calls_warms_up_synchronises_and_stops_when_the_interval_is_tight():
+    now = [0.0]
+    pending = [0.0]
+    calls = []
+
+    def fn():  # an asynchronous device: work is queued, the first call costs 50 ms
+        calls.append(1)
+        pending[0] += 0.050 if len(calls) == 1 else 0.002
+
+    def sync():
+        now[0] += pending[0]
+        pending[0] = 0.0
+
+    samples = scenarios.time_calls(fn, sync=sync, warmup=3, min_repeat=10, clock=lambda: now[0])
+    assert len(samples) == 10 and len(calls) == 13
+    assert samples == pytest.approx([2.0] * 10)
+    # never more than max_repeat samples, even when the interval never gets tight
+    rng = np.random.default_rng(1)
+    noisy = scenarios.time_calls(lambda: None, sync=lambda: now.__setitem__(0, now[0] + rng.exponential(0.01)),
+                                 warmup=0, min_repeat=3, max_repeat=7, rel_ci=1e-9, clock=lambda: now[0])
+    assert len(noisy) == 7
+
+
+def test_model_scenarios_returns_the_lab04_dict():
+    res = scenarios.model_scenarios("noop", lambda: sum(range(50)), lambda: sum(range(500)), 8, queries=20,
+                                    offline_repeat=3, latency_bound_ms=50.0, server_queries=500)
+    assert set(res) == {"model", "single_stream", "p90_ms", "offline_throughput", "max_qps", "service_ms"}
+    assert res["model"] == "noop" and len(res["service_ms"]) == 20
+    assert res["p90_ms"] == pytest.approx(np.percentile(res["service_ms"], 90))
+    assert res["offline_throughput"] > 0
+    assert res["max_qps"] == scenarios.find_max_qps(res["service_ms"], 50.0, percentile=99, queries=500)[0]
+
+
+def test_technique_table_rows():
+    from optcourse.bench import Comparison
+
+    comp = Comparison({"a": Stats([2.0, 4.0, 6.0]), "b": Stats([1.0, 1.0, 4.0])}, {"a": [2.0, 4.0, 6.0], "b": [1.0, 1.0, 4.0]})
+    rows = {r["variant"]: r for r in scenarios.technique_table(comp, "a", 7.2)}
+    assert list(rows) == ["a", "b"]
+    assert rows["a"]["speedup"] == pytest.approx(1.0) and rows["b"]["speedup"] == pytest.approx(2.0)
+    assert rows["b"]["p90_ms"] == pytest.approx(np.percentile([1, 1, 4], 90)) and rows["a"]["p50_ms"] == 4.0
+    assert rows["a"]["throughput_rps"] == pytest.approx(250.0) and rows["a"]["cost_per_1M"] == pytest.approx(8.0)

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
               "Run as root on Linux with util-linux, or use the container path in autograder/README.md.",
               file=sys.stderr)
         return 1
+    from optcourse.autograde.feedback import plain
     from optcourse.autograde.pipeline import grade_batch
 
     out = args.out or f"build/autograde/{args.lab}"
@@ -61,16 +62,16 @@ def main(argv: list[str] | None = None) -> int:
                              workers=args.workers, limit_overrides=overrides, profile=args.profile, progress=not args.no_progress,
                              keep_autograded=args.keep_autograded, backend=args.backend,
                              ray_address=args.ray_address, gpus_per_task=gpus)
-    except ValueError as err:  # e.g. more GPUs per task than the cluster has: nothing was graded
-        print(f"\nerror: {err}", file=sys.stderr)
+    except ValueError as err:  # e.g. more GPUs per task than the cluster has, an unreadable zip: nothing was graded
+        print(f"\nerror: {plain(err)}", file=sys.stderr)
         return 1
     print()
-    print(report.table)
+    print("\n".join(plain(line) for line in report.table.splitlines()))  # no submission's text drives the terminal
     print(f"\n{len(report.results)} submissions graded in {report.wall_s:.1f} s with {args.workers} workers "
           f"({args.backend} backend); "
           f"grades: {out}/grades.csv (LMS: {out}/grades_lms.csv), feedback: {out}/feedback/")
     if report.needs_review:
-        print(f"NEEDS AN INSTRUCTOR'S LOOK: {', '.join(report.needs_review)}")
+        print(f"NEEDS AN INSTRUCTOR'S LOOK: {plain(', '.join(report.needs_review))}")
         return 2
     return 0
 

@@ -1,11 +1,22 @@
-"""Performance grading in the trusted process: the grader measures the student's artifact itself.
+"""Performance grading by the trusted grader: the grader measures the student's artifact itself.
 
 A lab that asks for a speedup makes its notebook save an artifact (an ONNX model, ...). The sandbox
-copies that file out (regular files only, size-capped); this module loads it in the grader's own
-process, measures it against a reference artifact built or loaded in the same run
-(``optcourse.bench.compare``: alternating rounds, medians of per-round ratios, one pinned thread),
-re-measures accuracy on held-out data, and applies the current hardware profile's threshold. What
-the student's kernel printed or wrote (metrics JSON, printed speedups) is never read.
+copies that file out (regular files only, size-capped); after every sandbox finished, the parent runs
+each check in **its own child process** (``run_check``: forked, with a wall-time limit, an address-space
+limit and a CPU-time limit; killed with its process group when the time is up), so an artifact that
+never finishes (an ONNX ``Loop`` of 10^13 iterations), eats memory, or is a FIFO costs at most the
+check's limit, scores 0 and is flagged, and never blocks the batch. The child sends back only a JSON
+result, which the parent clamps to the check's points.
+
+``OnnxClassifierCheck`` measures the model against a reference artifact built in the same run
+(``optcourse.bench.compare``: alternating rounds, medians of per-round ratios, one pinned thread), on
+grader-only data (``digits_heldout``: a fixed transformation of the digits test split, images no notebook
+has), and with ``match_reference`` first checks that the artifact IS the course model quantized: the same
+layers (no operator the reference does not use, no control flow), every weight of the reference found,
+dequantized, within a tolerance, most of the weighted layers reading 8-bit weights on the path to the
+output, predictions that agree with the reference, and a speed-up no larger than ``max_speedup`` (an INT8
+version of the same network cannot be 20x faster). What the student's kernel printed or wrote (metrics
+JSON, printed speedups) is never read.
 
 A lab plugs in with one ``register(lab, check)`` call: see lab01's at the end of this module.
 
@@ -15,7 +26,14 @@ the check's own ``min_speedup`` / ``min_accuracy`` when the file has none.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import pathlib
+import resource
+import select
+import signal
+import stat
+import time
 from typing import Callable
 
 import numpy as np
@@ -26,6 +44,16 @@ MAX_MODEL_BYTES = 64 << 20
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
             "DynamicQuantizeLinear", "QLinearAdd", "QGemm"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# operators that only move data around: allowed in a student's model even where the reference has none
+PLUMBING_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Shape", "Gather",
+                "Concat", "Constant", "Slice"}
+# the integer forms of the reference's weighted layers
+WEIGHTED_OPS = {"Conv": "Conv", "QLinearConv": "Conv", "ConvInteger": "Conv", "Gemm": "Gemm", "QGemm": "Gemm",
+                "MatMul": "MatMul", "QLinearMatMul": "MatMul", "MatMulInteger": "MatMul"}
+CHECK_TIMEOUT_S = 120.0          # wall time of one check in its child process (the lab01 check takes ~11 s)
+CHECK_MEMORY_BYTES = 4 << 30     # address space the child may add to what it inherited
+_RESULT_BYTES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -36,6 +64,7 @@ class CheckResult:
     passed: bool
     reason: str
     measured: dict = dataclasses.field(default_factory=dict)
+    review: bool = False             # an instructor should look (time/memory limit, not a regular file, grader error)
 
 
 @dataclasses.dataclass
@@ -67,16 +96,40 @@ class ArtifactError(Exception):
     """The artifact is unusable; the message is shown to the student."""
 
 
+def read_regular_file(path: pathlib.Path, limit: int = MAX_MODEL_BYTES) -> bytes:
+    """The bytes of a regular file, never following a link and never blocking on a FIFO or a device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise ArtifactError("the model file was not saved (or is not a regular file)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError("the model file is not a regular file")
+        if st.st_size > limit:
+            raise ArtifactError(f"the model file is {st.st_size >> 20} MB, more than the {limit >> 20} MB allowed")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ArtifactError(f"the model file is more than the {limit >> 20} MB allowed")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _subgraphs(model) -> bool:
+    import onnx
+
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in model.graph.node for a in n.attribute)
+
+
 def load_onnx_safely(path: pathlib.Path) -> bytes:
     """Read a student's ONNX file, refusing external data (a path the grader would open), unknown op
     domains (custom-op libraries) and oversize files. Returns the model bytes for ORT."""
     import onnx
 
-    if path.is_symlink() or not path.is_file():
-        raise ArtifactError("the model file was not saved (or is not a regular file)")
-    data = path.read_bytes()
-    if len(data) > MAX_MODEL_BYTES:
-        raise ArtifactError(f"the model file is {len(data) >> 20} MB, more than the {MAX_MODEL_BYTES >> 20} MB allowed")
+    data = read_regular_file(pathlib.Path(path))
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001
@@ -90,28 +143,185 @@ def load_onnx_safely(path: pathlib.Path) -> bytes:
     return data
 
 
+def _ancestors(model) -> list:
+    """The nodes the graph's outputs depend on (a node nobody reads from is not computing the answer)."""
+    producer = {out: n for n in model.graph.node for out in n.output if out}
+    seen, stack, order = set(), [o.name for o in model.graph.output], []
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        stack.extend(i for i in node.input if i)
+    return order
+
+
+def _is_8bit(model, name: str, producers: dict) -> bool:
+    import onnx
+
+    inits = {t.name: t for t in model.graph.initializer}
+    if name in inits:
+        t = inits[name]
+        return t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    node = producers.get(name)
+    return node is not None and node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
+
+
 def is_int8(data: bytes) -> tuple[bool, str]:
-    """Whether the model really computes in INT8: quantize/dequantize or integer ops AND 8-bit weights."""
+    """Whether the model really computes in INT8: a quantization op whose input is an 8-bit tensor (or an
+    integer op), AND 8-bit weights, both on the path to the model's output (an unused DequantizeLinear
+    next to a float model counts for nothing)."""
     import onnx
 
     model = onnx.load_model_from_string(data)
-    ops = {n.op_type for n in model.graph.node} & INT8_OPS
-    int8_weights = sum(1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-                       and np.prod(t.dims or [1]) > 16)
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {out: n for n in model.graph.node for out in n.output if out}
+    used = _ancestors(model)
+    ops, int8_weights = set(), set()
+    for n in used:
+        if n.op_type == "DequantizeLinear" and n.input and _is_8bit(model, n.input[0], producers):
+            ops.add(n.op_type)
+            if n.input[0] in inits:
+                int8_weights.add(n.input[0])
+        elif n.op_type in INT8_OPS - QDQ_OPS:
+            ops.add(n.op_type)
+            int8_weights.update(i for i in n.input if i in inits and _is_8bit(model, i, producers))
+    int8_weights = {w for w in int8_weights if np.prod(inits[w].dims or [1]) > 16}
     if not ops or not int8_weights:
-        return False, (f"the model is not an INT8 model: {len(ops)} quantization op types, {int8_weights} 8-bit "
-                       "weight tensors (whatever its file name says)")
-    return True, f"INT8 ops {sorted(ops)}, {int8_weights} 8-bit weight tensors"
+        return False, (f"the model is not an INT8 model: {len(ops)} quantization op types and {len(int8_weights)} 8-bit "
+                       "weight tensors on the path to its output (whatever its file name says)")
+    return True, f"INT8 ops {sorted(ops)}, {len(int8_weights)} 8-bit weight tensors on the path to the output"
+
+
+def _dequantize(model, name: str, producers: dict) -> tuple[np.ndarray | None, bool]:
+    """The float value of a weight input: a float initializer, or DequantizeLinear of an 8-bit one.
+    Returns (array or None, whether it is 8-bit)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    if name in inits:
+        arr = numpy_helper.to_array(inits[name])
+        return (arr.astype(np.float32), False) if arr.dtype.kind == "f" else (None, False)
+    node = producers.get(name)
+    if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+        return None, False
+    q = numpy_helper.to_array(inits[node.input[0]])
+    if q.dtype not in (np.int8, np.uint8) or len(node.input) < 2 or node.input[1] not in inits:
+        return None, False
+    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    zp = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+          if len(node.input) > 2 and node.input[2] in inits else np.zeros_like(scale))
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q.astype(np.float32) - zp) * scale, True
+
+
+def _weighted_layers(model) -> list[tuple[str, np.ndarray | None, bool, bool]]:
+    """(kind, weight as float, 8-bit, on the path to the output) of every Conv/Gemm/MatMul with a constant weight."""
+    from onnx import numpy_helper
+
+    producers = {out: n for n in model.graph.node for out in n.output if out}
+    inits = {t.name: t for t in model.graph.initializer}
+    used = {id(n) for n in _ancestors(model)}
+    layers = []
+    for n in model.graph.node:
+        kind = WEIGHTED_OPS.get(n.op_type)
+        if kind is None:
+            continue
+        if n.op_type in ("Conv", "Gemm", "MatMul"):
+            w, q8 = _dequantize(model, n.input[1], producers) if len(n.input) > 1 else (None, False)
+        else:  # integer ops: weight, its scale and zero point are inputs
+            idx = {"QLinearConv": (3, 4, 5), "QLinearMatMul": (3, 4, 5), "QGemm": (3, 4, 5),
+                   "ConvInteger": (1, None, 3), "MatMulInteger": (1, None, 3)}[n.op_type]
+            w, q8 = None, False
+            if len(n.input) > idx[0] and n.input[idx[0]] in inits:
+                q = numpy_helper.to_array(inits[n.input[idx[0]]]).astype(np.float32)
+                s = np.float32(1.0)
+                if idx[1] is not None and len(n.input) > idx[1] and n.input[idx[1]] in inits:
+                    s = numpy_helper.to_array(inits[n.input[idx[1]]]).astype(np.float32)
+                if np.ndim(s) == 1 and np.size(s) > 1 and q.ndim >= 1:
+                    axis = 0 if n.op_type == "QLinearConv" else q.ndim - 1
+                    shape = [1] * q.ndim
+                    shape[axis] = -1
+                    s = s.reshape(shape)
+                w, q8 = q * s, True
+        if w is None:
+            continue
+        layers.append((kind, w, q8, id(n) in used))
+    return layers
+
+
+def check_course_model(data: bytes, reference_path: pathlib.Path, weight_tolerance: float = 0.1,
+                       min_int8_fraction: float = 0.5) -> tuple[bool, str]:
+    """Whether the student's model is the reference network quantized: no operator the reference does not
+    use (quantization and data-moving ops aside), no subgraphs (Loop, If, Scan), the same weighted layers,
+    each reference weight found (dequantized, relative error <= ``weight_tolerance``), and at least
+    ``min_int8_fraction`` of the weighted layers reading 8-bit weights on the path to the output."""
+    import onnx
+
+    student = onnx.load_model_from_string(data)
+    reference = onnx.load_model(str(reference_path))
+    if _subgraphs(student):
+        return False, "the model contains control flow (Loop, If or Scan), which the course model does not"
+    ref_ops = {n.op_type for n in reference.graph.node}
+    extra = {n.op_type for n in student.graph.node} - ref_ops - INT8_OPS - PLUMBING_OPS
+    if extra:
+        return False, f"the model uses operators the course model does not: {sorted(extra)[:6]}"
+    ref_layers = _weighted_layers(reference)
+    layers = _weighted_layers(student)
+    count = lambda ls: {k: sum(1 for x in ls if x[0] == k) for k in {x[0] for x in ref_layers + layers}}  # noqa: E731
+    if count(layers) != count(ref_layers):
+        return False, (f"the model's weighted layers {count(layers)} are not the course model's {count(ref_layers)}: "
+                       "quantize the course model itself")
+    unused = list(range(len(layers)))
+    worst = 0.0
+    for kind, w, _, _ in ref_layers:
+        best, best_err = None, np.inf
+        for i in unused:
+            k2, w2, _, _ = layers[i]
+            if k2 != kind or w2.shape != w.shape:
+                continue
+            err = float(np.linalg.norm(w2 - w) / max(float(np.linalg.norm(w)), 1e-12))
+            if err < best_err:
+                best, best_err = i, err
+        if best is None or best_err > weight_tolerance:
+            return False, (f"a {kind} weight of shape {list(w.shape)} of the course model is not in the model "
+                           f"(closest relative error {best_err:.2g}, at most {weight_tolerance:g} allowed): "
+                           "quantize the course model itself")
+        unused.remove(best)
+        worst = max(worst, best_err)
+    int8_used = sum(1 for _, _, q8, on_path in layers if q8 and on_path)
+    if int8_used < max(1, min_int8_fraction * len(layers)):
+        return False, (f"only {int8_used} of the model's {len(layers)} weighted layers read 8-bit weights on the path to "
+                       "its output")
+    return True, (f"the course model quantized: {len(layers)} weighted layers, {int8_used} with 8-bit weights, "
+                  f"weights within {worst:.3f} of the reference")
 
 
 # ------------------------------------------------------------------ references and data for the digits ResNet
+GRADER_SEED = int(os.environ.get("OPTCOURSE_GRADER_SEED", "20261130"))
+
+
 def digits_heldout(ctx: PerfContext):
-    """The digits test split (never used for training or calibration in the course)."""
+    """Grader-only images: the digits test split shifted by up to 3 pixels, rescaled in brightness and
+    with a little noise, with a seed only the grader uses (``OPTCOURSE_GRADER_SEED``). No notebook ever
+    had these images, so a model that memorises the public split earns nothing; the FP32 reference still
+    classifies them (its accuracy on them is measured in the same run: the thresholds are drops)."""
     if "digits_heldout" not in ctx.cache:
         from optcourse.models.digits import load_digits_data
 
         _, _, x_test, y_test = load_digits_data()
-        ctx.cache["digits_heldout"] = (x_test.numpy(), y_test.numpy())
+        x, y = x_test.numpy().copy(), y_test.numpy()
+        rng = np.random.default_rng(GRADER_SEED)
+        for i in range(len(x)):
+            dy, dx = rng.integers(-3, 4, size=2)
+            x[i] = np.roll(x[i], (int(dy), int(dx)), axis=(1, 2))
+        x = x * rng.uniform(0.85, 1.1, size=(len(x), 1, 1, 1)) + rng.normal(0, 0.03, size=x.shape)
+        ctx.cache["digits_heldout"] = (np.clip(x, 0, 1).astype(np.float32), y)
     return ctx.cache["digits_heldout"]
 
 
@@ -134,7 +344,7 @@ def digits_fp32_reference(ctx: PerfContext) -> pathlib.Path:
 
 @dataclasses.dataclass
 class OnnxClassifierCheck:
-    """Speedup of a student's ONNX classifier over a reference ONNX model, and its held-out accuracy."""
+    """Speedup of a student's ONNX classifier over a reference ONNX model, and its accuracy on grader-only data."""
 
     name: str
     artifact: str                                   # path relative to the notebook's folder
@@ -148,9 +358,15 @@ class OnnxClassifierCheck:
     min_accuracy: float = 0.9
     max_accuracy_drop: float | None = None          # used when the thresholds file has no accuracy_drop_metric
     require_int8: bool = False
+    match_reference: bool = False                   # the artifact must be the reference network (quantized)
+    weight_tolerance: float = 0.1                   # relative L2 error of each dequantized weight
+    min_agreement: float | None = None              # share of grader images where student and reference agree
+    max_speedup: float | None = None                # a larger measured speed-up is implausible: 0, flagged
     batch: int = 32
     rounds: int = 5
     repeat: int = 10
+    timeout_s: float = CHECK_TIMEOUT_S
+    memory_bytes: int = CHECK_MEMORY_BYTES
 
     def threshold(self, ctx: PerfContext, metric: str | None, default: float | None, bound: str = "min") -> float | None:
         spec = ctx.thresholds().get(metric) if metric else None
@@ -158,16 +374,29 @@ class OnnxClassifierCheck:
             return float(spec[bound])
         return default
 
+    def prepare(self, ctx: PerfContext) -> None:
+        """Build the reference and the data once, in the parent (the children inherit them)."""
+        self.reference(ctx)
+        self.data(ctx)
+        ctx.resolved_profile()
+        for metric in (self.speedup_metric, self.accuracy_metric, self.accuracy_drop_metric):
+            if metric:
+                ctx.thresholds()
+
     @staticmethod
-    def accuracy(session, x: np.ndarray, y: np.ndarray) -> float:
+    def predict(session, x: np.ndarray) -> np.ndarray:
         name = session.get_inputs()[0].name
         try:
             logits = np.concatenate([session.run(None, {name: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
         except Exception as exc:  # noqa: BLE001
-            raise ArtifactError(f"the model fails on the held-out images ({type(exc).__name__})") from None
-        if logits.ndim != 2 or logits.shape[0] != len(y):
-            raise ArtifactError(f"the model returns shape {logits.shape}, expected ({len(y)}, classes)")
-        return float((logits.argmax(1) == y).mean())
+            raise ArtifactError(f"the model fails on the grader's images ({type(exc).__name__})") from None
+        if logits.ndim != 2 or logits.shape[0] != len(x):
+            raise ArtifactError(f"the model returns shape {logits.shape}, expected ({len(x)}, classes)")
+        return logits.argmax(1)
+
+    @classmethod
+    def accuracy(cls, session, x: np.ndarray, y: np.ndarray) -> float:
+        return float((cls.predict(session, x) == y).mean())
 
     def run(self, path: pathlib.Path, ctx: PerfContext) -> CheckResult:
         from optcourse.bench import compare, ort_session
@@ -179,6 +408,11 @@ class OnnxClassifierCheck:
             if not ok:
                 return CheckResult(self.name, 0.0, self.points, False, why)
             notes.append(why)
+        if self.match_reference:
+            ok, why = check_course_model(data, self.reference(ctx), self.weight_tolerance)
+            if not ok:
+                return CheckResult(self.name, 0.0, self.points, False, why)
+            notes.append(why)
         x, y = self.data(ctx)
         try:
             student = ort_session_from_bytes(data)
@@ -186,7 +420,8 @@ class OnnxClassifierCheck:
             raise ArtifactError(f"ONNX Runtime cannot load the model ({type(exc).__name__}: {str(exc)[:200]})") from None
         reference = ort_session(self.reference(ctx), threads=1)
         name_s, name_r = student.get_inputs()[0].name, reference.get_inputs()[0].name
-        accuracy = self.accuracy(student, x, y)
+        pred = self.predict(student, x)
+        accuracy = float((pred == y).mean())
         xb = x[: self.batch]
         cmp = compare({"reference": lambda: reference.run(None, {name_r: xb}),
                        "student": lambda: student.run(None, {name_s: xb})},
@@ -200,15 +435,27 @@ class OnnxClassifierCheck:
                     "reference_ms": round(cmp.stats["reference"].median, 3),
                     "student_ms": round(cmp.stats["student"].median, 3)}
         problems = []
+        if self.max_speedup is not None and speedup > self.max_speedup:
+            measured["max_speedup"] = self.max_speedup
+            return CheckResult(self.name, 0.0, self.points, False,
+                               f"measured speedup {speedup:.2f}x is implausible for this model (more than "
+                               f"{self.max_speedup:g}x): an instructor will look", measured, review=True)
         if speedup < min_speedup:
             problems.append(f"measured speedup {speedup:.2f}x is below the required {min_speedup:g}x")
         if accuracy < min_accuracy:
-            problems.append(f"held-out accuracy {accuracy:.3f} is below the required {min_accuracy:g}")
-        if max_drop is not None:  # against the reference's accuracy on the same images
-            drop = 100 * (self.accuracy(reference, x, y) - accuracy)
-            measured.update(accuracy_drop_points=round(drop, 3), max_accuracy_drop_points=max_drop)
-            if drop > max_drop:
-                problems.append(f"held-out accuracy drops {drop:.2f} points from the FP32 reference (at most {max_drop:g})")
+            problems.append(f"accuracy {accuracy:.3f} on the grader's images is below the required {min_accuracy:g}")
+        if max_drop is not None or self.min_agreement is not None:  # against the reference on the same images
+            ref_pred = self.predict(reference, x)
+            drop = 100 * (float((ref_pred == y).mean()) - accuracy)
+            agreement = float((ref_pred == pred).mean())
+            measured.update(accuracy_drop_points=round(drop, 3), max_accuracy_drop_points=max_drop,
+                            agreement=round(agreement, 4))
+            if max_drop is not None and drop > max_drop:
+                problems.append(f"accuracy on the grader's images drops {drop:.2f} points from the FP32 reference "
+                                f"(at most {max_drop:g})")
+            if self.min_agreement is not None and agreement < self.min_agreement:
+                problems.append(f"the model agrees with the FP32 reference on {100 * agreement:.1f} % of the grader's "
+                                f"images (at least {100 * self.min_agreement:g} %)")
         if problems:
             return CheckResult(self.name, 0.0, self.points, False, "; ".join(problems) + f" ({ctx.resolved_profile()} profile)",
                                measured)
@@ -228,17 +475,150 @@ def ort_session_from_bytes(data: bytes, threads: int = 1):
     return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_check(check, path: pathlib.Path | None, ctx: PerfContext) -> CheckResult:
-    """Run one check; a missing or bad artifact is a zero with the reason, never a crash."""
-    if path is None or not path.is_file():
-        return CheckResult(check.name, 0.0, check.points, False,
-                           f"no artifact: the notebook did not save {check.artifact}")
+# ------------------------------------------------------------------ one check, in its own process
+def _vm_bytes() -> int:
     try:
-        return check.run(path, ctx)
-    except ArtifactError as exc:
-        return CheckResult(check.name, 0.0, check.points, False, str(exc))
-    except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the batch
-        return CheckResult(check.name, 0.0, check.points, False, f"the grader could not check the artifact ({type(exc).__name__})")
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _child(fn, w: int, memory_bytes: int, cpu_s: int) -> None:
+    """In the forked child: limits, run, one JSON line to the pipe, exit (never returns)."""
+    code = 0
+    try:
+        os.setsid()  # its own process group: the parent kills everything it started
+        limit = _vm_bytes() + int(memory_bytes)  # what it inherited plus its budget
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        try:
+            res = fn()
+            payload = {"result": dataclasses.asdict(res)}
+        except ArtifactError as exc:
+            payload = {"artifact_error": str(exc)[:2000]}
+        except MemoryError:
+            payload = {"memory": True}
+        except BaseException as exc:  # noqa: BLE001 - any failure is reported, never raised into the grader
+            payload = {"error": type(exc).__name__, "text": str(exc)[:300]}
+        raw = json.dumps(payload, default=str).encode()[:_RESULT_BYTES]
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(w, view):]
+    except BaseException:  # noqa: BLE001
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _isolated(fn, name: str, points: float, timeout_s: float, memory_bytes: int) -> CheckResult:
+    """Run ``fn() -> CheckResult`` in a forked child with wall-time, CPU-time and memory limits."""
+    def zero(reason, review=True, **measured):
+        return CheckResult(name, 0.0, points, False, reason, measured, review=review)
+
+    r, w = os.pipe()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        _child(fn, w, memory_bytes, int(timeout_s) + 5)
+    os.close(w)
+    chunks, size, status, timed_out = [], 0, None, False
+    try:
+        while True:
+            left = timeout_s - (time.monotonic() - start)
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([r], [], [], min(left, 0.2))
+            if ready:
+                chunk = os.read(r, 65536)
+                if chunk and size < _RESULT_BYTES:
+                    chunks.append(chunk)
+                    size += len(chunk)
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                os.set_blocking(r, False)
+                try:
+                    while size < _RESULT_BYTES and (chunk := os.read(r, 65536)):
+                        chunks.append(chunk)
+                        size += len(chunk)
+                except BlockingIOError:
+                    pass
+                break
+    finally:
+        os.close(r)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the child and anything it started
+        except (ProcessLookupError, PermissionError):
+            pass
+        if status is None:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    wall = round(time.monotonic() - start, 2)
+    if timed_out:
+        return zero(f"the check ran longer than its {timeout_s:g} s limit and was stopped (an artifact that never "
+                    "finishes, or one far too slow): an instructor will look", wall_s=wall)
+    try:
+        payload = json.loads(b"".join(chunks) or b"{}")
+    except ValueError:
+        payload = {}
+    if not isinstance(payload, dict):
+        payload = {}
+    if "artifact_error" in payload:
+        return zero(str(payload["artifact_error"]), review=False, wall_s=wall)
+    if payload.get("memory"):
+        return zero(f"the check ran out of memory (limit {memory_bytes >> 20} MB) and was stopped", wall_s=wall)
+    if "error" in payload:
+        return zero(f"the grader could not check the artifact ({str(payload['error'])[:80]})", wall_s=wall)
+    res = payload.get("result")
+    if not isinstance(res, dict):
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig in (signal.SIGXCPU, signal.SIGKILL):
+                return zero("the check used more than its CPU time limit and was stopped", wall_s=wall)
+            return zero(f"the check's process died (signal {sig}): an instructor will look", wall_s=wall)
+        return zero("the check's process ended without a result: an instructor will look", wall_s=wall)
+    try:
+        score = min(max(float(res.get("score", 0.0)), 0.0), float(points))
+    except (TypeError, ValueError):
+        score = 0.0
+    measured = res.get("measured") if isinstance(res.get("measured"), dict) else {}
+    return CheckResult(name, score, float(points), bool(res.get("passed")),
+                       str(res.get("reason", ""))[:2000], {**measured, "wall_s": wall}, review=bool(res.get("review")))
+
+
+def run_check(check, path: pathlib.Path | None, ctx: PerfContext) -> CheckResult:
+    """Run one check in its own process (``check.timeout_s``, ``check.memory_bytes``); a missing, special or
+    bad artifact, a check that runs out of time or memory, or a grader bug is a zero with the reason, never a
+    crash or a stalled batch."""
+    points = float(getattr(check, "points", 0))
+    if path is None:
+        return CheckResult(check.name, 0.0, points, False, f"no artifact: the notebook did not save {check.artifact}")
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return CheckResult(check.name, 0.0, points, False, f"no artifact: the notebook did not save {check.artifact}")
+    if not stat.S_ISREG(mode):
+        return CheckResult(check.name, 0.0, points, False,
+                           f"the artifact {check.artifact} is not a regular file (a link, FIFO, device or folder)",
+                           review=True)
+    prepare = getattr(check, "prepare", None)
+    if prepare is not None:
+        try:
+            prepare(ctx)
+        except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the batch
+            return CheckResult(check.name, 0.0, points, False,
+                               f"the grader could not prepare the check ({type(exc).__name__})", review=True)
+    return _isolated(lambda: check.run(pathlib.Path(path), ctx), check.name, points,
+                     float(getattr(check, "timeout_s", CHECK_TIMEOUT_S)),
+                     int(getattr(check, "memory_bytes", CHECK_MEMORY_BYTES)))
 
 
 REGISTRY: dict[str, list] = {}
@@ -254,10 +634,12 @@ def checks_for(lab: str) -> list:
 
 
 # lab01 Task 3: the test cell test_task3_qdq saves the student's QDQ INT8 digits model (input "x") as
-# outputs/digits_int8_t3.onnx; the grader re-measures it against its own FP32 export, batch 32, one thread,
-# with the lab's thresholds (cpu: >= 1.8x, cuda: >= 1.6x; accuracy drop <= 1 point).
+# outputs/digits_int8_t3.onnx; the grader checks it is the course's digits ResNet quantized, then re-measures
+# it against its own FP32 export on grader-only images, batch 32, one thread, with the lab's thresholds
+# (cpu: >= 1.8x, cuda: >= 1.6x; accuracy drop <= 1 point; a speed-up above 8x is implausible).
 register("lab01_tensorrt_int8", OnnxClassifierCheck(
     name="int8_speedup", artifact="outputs/digits_int8_t3.onnx", points=2,
     reference=digits_fp32_reference, data=digits_heldout,
     speedup_metric="digits_int8_speedup_vs_ort_fp32_b32",
-    accuracy_drop_metric="digits_int8_accuracy_drop_points", require_int8=True))
+    accuracy_drop_metric="digits_int8_accuracy_drop_points", require_int8=True,
+    match_reference=True, min_agreement=0.95, max_speedup=8.0))

@@ -25,6 +25,7 @@ import zipfile
 
 from optcourse.autograde import feedback as feedback_mod
 from optcourse.autograde import guard
+from optcourse.autograde import intake
 from optcourse.autograde import perf as perf_mod
 from optcourse.autograde.sandbox import UID_BASE, Limits, prepare_jail, run_jail
 
@@ -87,59 +88,9 @@ class StudentResult:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def student_id_from_filename(name: str, lab: str) -> str:
-    """``alice.ipynb``, ``alice_demo_lab.ipynb``, ``demo_lab-alice.ipynb`` -> ``alice``."""
-    stem = pathlib.Path(name).stem
-    for sep in ("_", "-", "."):
-        stem = stem.replace(f"{sep}{lab}", "").replace(f"{lab}{sep}", "")
-    stem = STUDENT_RE.sub("_", stem).strip("._-")
-    return stem or "unnamed"
-
-
-def collect_submissions(source: str | os.PathLike, lab: str, workdir: pathlib.Path) -> list[Submission]:
-    """Submissions from nbgrader's ``submitted/<student>/<lab>/`` layout, a folder of notebooks or a zip."""
-    source = pathlib.Path(source)
-    if source.is_file() and zipfile.is_zipfile(source):
-        dest = workdir / "unzipped"
-        dest.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(source) as zf:
-            for info in zf.infolist():
-                name = pathlib.PurePosixPath(info.filename)
-                if info.is_dir() or name.suffix != ".ipynb" or "__MACOSX" in name.parts or name.name.startswith("."):
-                    continue
-                if info.file_size > MAX_NOTEBOOK_BYTES:
-                    continue
-                base = STUDENT_RE.sub("_", name.name)  # the base name only: no path traversal
-                target, n = dest / base, 1
-                while target.exists():
-                    n += 1
-                    target = dest / f"{pathlib.Path(base).stem}_{n}.ipynb"
-                target.write_bytes(zf.read(info))
-        source = dest
-    if not source.is_dir():
-        raise FileNotFoundError(f"no submissions at {source}")
-    subs: dict[str, Submission] = {}
-    nested = [d for d in sorted(source.iterdir()) if d.is_dir() and (d / lab).is_dir()]
-    if nested:  # nbgrader layout
-        for sdir in nested:
-            student = STUDENT_RE.sub("_", sdir.name)
-            expected = sdir / lab / f"{lab}.ipynb"
-            notebooks = sorted(p for p in (sdir / lab).glob("*.ipynb") if not p.name.startswith("."))
-            if expected.is_file():
-                subs[student] = Submission(student, expected)
-            elif len(notebooks) == 1:
-                subs[student] = Submission(student, notebooks[0],
-                                           [f"notebook was named {notebooks[0].name!r}, expected {lab}.ipynb; graded anyway"],
-                                           review=True)
-            else:
-                subs[student] = Submission(student, expected, [f"no {lab}.ipynb in the submission folder"])
-    else:
-        for nb in sorted(source.glob("*.ipynb")):
-            student = student_id_from_filename(nb.name, lab)
-            if student in subs:
-                student = f"{student}_{len(subs)}"
-            subs[student] = Submission(student, nb)
-    return list(subs.values())
+# collecting submissions (folders, zips, LMS downloads, ids) lives in ``intake``; re-exported here
+collect_submissions = intake.collect_submissions
+student_id_from_filename = intake.student_id_from_filename
 
 
 # ---------------------------------------------------------------------------------------- the lab
@@ -385,8 +336,9 @@ def _run_pool(tasks: dict[str, dict], workers: int):
 
 
 def scrub(text: str, hidden: list[str], limit: int = 400) -> str:
-    """A failure message fit for a student: no ANSI codes, never a line of hidden test code, short."""
-    text = ANSI_RE.sub("", text or "").strip()
+    """A failure message fit for a student: one line with no escape sequence or control character
+    (``feedback.plain``), never a line of hidden test code, short."""
+    text = feedback_mod.plain(text or "").strip()
     if any(h in text for h in hidden):
         return "(message withheld: it quoted the hidden test)"
     return text if len(text) <= limit else text[:limit] + " ..."
@@ -537,18 +489,18 @@ def write_gradebook(db_url: str, info: LabInfo, source_dir: pathlib.Path, result
 
 
 def write_csv(path: pathlib.Path, info: LabInfo, results: list[StudentResult]) -> None:
-    perf_names = sorted({p.name for r in results for p in r.perf})
+    perf_names = sorted({feedback_mod.plain(p.name) for r in results for p in r.perf})
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["student", "score", "max_score", "percent", "status", "needs_review", *info.points,
                     *[f"perf:{n}" for n in perf_names], "notes"])
         for r in sorted(results, key=lambda r: r.student):
-            perf = {p.name: p.score for p in r.perf}
-            w.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}",
-                        f"{100 * r.score / r.max_score:.1f}" if r.max_score else "0.0", r.status,
+            perf = {feedback_mod.plain(p.name): p.score for p in r.perf}
+            w.writerow([feedback_mod.csv_field(r.student), f"{r.score:g}", f"{r.max_score:g}",
+                        f"{100 * r.score / r.max_score:.1f}" if r.max_score else "0.0", feedback_mod.csv_field(r.status),
                         "yes" if r.needs_review else "no",
                         *["" if r.cells[g].score is None else f"{r.cells[g].score:g}" for g in info.points],
-                        *[f"{perf.get(n, 0):g}" for n in perf_names], " | ".join(r.notes)])
+                        *[f"{perf.get(n, 0):g}" for n in perf_names], feedback_mod.csv_field(" | ".join(r.notes))])
 
 
 def write_lms_csv(path: pathlib.Path, lab: str, results: list[StudentResult]) -> None:
@@ -557,16 +509,19 @@ def write_lms_csv(path: pathlib.Path, lab: str, results: list[StudentResult]) ->
         w = csv.writer(f)
         w.writerow(["SIS Login ID", f"{lab} points"])
         for r in sorted(results, key=lambda r: r.student):
-            w.writerow([r.student, f"{r.score:g}"])
+            w.writerow([feedback_mod.csv_field(r.student), f"{r.score:g}"])
 
 
 def summary_table(info: LabInfo, results: list[StudentResult]) -> str:
+    """The instructor's table: one line per student, every cell plain text on one line (``feedback.plain``:
+    a carriage return or an escape sequence in a message cannot rewrite or add a row)."""
+    cell = feedback_mod.plain
     rows = [("student", "score", "status", "review", "first problem")]
     for r in sorted(results, key=lambda r: r.student):
         problem = next((f"{g}: {c.reason}" for g, c in r.cells.items() if c.reason not in ("passed", "graded by an instructor")), "")
         problem = "; ".join(r.notes[:1]) or problem or next((f"{p.name}: {p.reason}" for p in r.perf if not p.passed), "")
-        rows.append((r.student, f"{r.score:g}/{r.max_score:g}", r.status, "YES" if r.needs_review else "",
-                     problem[:70]))
+        rows.append((cell(r.student), f"{r.score:g}/{r.max_score:g}", cell(r.status), "YES" if r.needs_review else "",
+                     cell(problem)[:70]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -672,6 +627,9 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 for check in checks:
                     art = out / "artifacts" / res.student / os.path.normpath(check.artifact).replace(os.sep, "__")
                     res.perf.append(perf_mod.run_check(check, art if res.status == "graded" else None, ctx))
+                    res.needs_review |= res.perf[-1].review  # out of time or memory, not a regular file, ...
+        for res in ordered:  # no escape sequence or control character in anything shown from here on
+            feedback_mod.clean_result(res)
         write_gradebook(db_url, info, source_dir, ordered, work)
     write_csv(out / "grades.csv", info, ordered)
     write_lms_csv(out / "grades_lms.csv", lab, ordered)

@@ -6,6 +6,7 @@ a timing: thresholds are set so that only the mechanism decides the outcome.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -62,7 +63,7 @@ def test_int8_model_is_measured_by_the_grader_and_passes_a_low_bar(models):
     m = res.measured
     assert m["speedup"] > 0 and m["speedup"] != 100.0  # measured here, not the student's metrics.json
     assert m["reference_ms"] > 0 and m["student_ms"] > 0
-    assert m["accuracy"] >= 0.9  # re-measured on the held-out digits split
+    assert m["accuracy"] >= 0.9  # re-measured on the grader-only digits images
     assert m["profile"] == "cpu"
 
 
@@ -71,7 +72,7 @@ def test_threshold_of_the_profile_is_applied(models):
     assert not res.passed and res.score == 0
     assert "below the required 1000x" in res.reason and "cpu profile" in res.reason
     res = perf.run_check(check(min_accuracy=1.01), models["int8"], models["ctx"])
-    assert not res.passed and "held-out accuracy" in res.reason
+    assert not res.passed and "accuracy 0." in res.reason and "grader's images" in res.reason
 
 
 def test_thresholds_file_wins_over_the_default(models, monkeypatch):
@@ -175,3 +176,199 @@ def test_lab01_check_passes_the_real_artifact_and_rejects_fp32_named_int8(lab01_
     assert res.passed and res.score == 2, res.reason
     assert res.measured["accuracy_drop_points"] <= 1.0 and res.measured["max_accuracy_drop_points"] == 1.0
     assert res.reason.startswith("passed: speedup")
+
+
+# ------------------------------------------------------------------ isolation: every check in its own process
+def loop_model(path, trips=10**13):
+    """A digits-shaped classifier whose output waits on an ONNX Loop of ``trips`` iterations."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Add", ["acc", "one"], ["acc_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+         helper.make_node("Loop", ["trips", "cond0", "acc0"], ["acc_final"], body=body),
+         helper.make_node("Add", ["mm", "acc_final"], ["logits"])],
+        "endless", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4096, 10], np.zeros(40960, np.float32)),
+         helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
+         helper.make_tensor("cond0", TensorProto.BOOL, [], [True]),
+         helper.make_tensor("acc0", TensorProto.FLOAT, [1], [0.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_endless_onnx_loop_costs_only_the_check_time_limit(models, tmp_path):
+    import time
+
+    art = loop_model(tmp_path / "endless.onnx")
+    start = time.monotonic()
+    res = perf.run_check(check(require_int8=False, timeout_s=4), art, models["ctx"])  # a check that runs it
+    wall = time.monotonic() - start
+    assert not res.passed and res.score == 0 and res.review
+    assert "longer than its 4 s limit" in res.reason
+    assert wall < 25, wall  # the limit, the child's start and the kill; never the 10^13 iterations
+    assert perf.run_check(check(require_int8=False, timeout_s=60), loop_model(tmp_path / "short.onnx", 3),
+                          models["ctx"]).measured["wall_s"] < 60  # the same model with 3 iterations runs normally
+    [lab01] = perf.checks_for("lab01_tensorrt_int8")  # lab01's check refuses control flow before running anything
+    res = perf.run_check(lab01, art, models["ctx"])
+    assert res.score == 0 and "not an INT8 model" in res.reason and res.measured["wall_s"] < 4
+    ok, why = perf.check_course_model(art.read_bytes(), models["fp32"])
+    assert not ok and "control flow" in why
+
+
+def test_a_fifo_artifact_never_blocks(models, tmp_path):
+    import os
+    import time
+
+    fifo = tmp_path / "digits_int8.onnx"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    res = perf.run_check(check(timeout_s=5), fifo, models["ctx"])
+    assert res.score == 0 and res.review and "not a regular file" in res.reason
+    with pytest.raises(perf.ArtifactError, match="not a regular file"):  # the check itself never opens it blocking
+        perf.load_onnx_safely(fifo)
+    assert time.monotonic() - start < 5
+
+
+@dataclasses.dataclass
+class HogCheck:
+    """A check that allocates ``gib`` GiB, or sleeps ``sleep`` s."""
+    name: str = "hog"
+    artifact: str = "outputs/x.bin"
+    points: float = 1
+    gib: int = 0
+    sleep: float = 0
+    timeout_s: float = 30
+    memory_bytes: int = 512 << 20
+
+    def run(self, path, ctx):
+        import time
+
+        if self.sleep:
+            time.sleep(self.sleep)
+        buf = np.ones(self.gib << 27)  # float64: gib GiB
+        return perf.CheckResult(self.name, 1.0, 1.0, True, f"allocated {buf.nbytes}")
+
+
+def test_memory_and_time_limits_of_a_check(tmp_path):
+    import time
+
+    art = tmp_path / "x.bin"
+    art.write_bytes(b"x")
+    ctx = perf.PerfContext(lab="demo", profile="cpu")
+    res = perf.run_check(HogCheck(gib=8), art, ctx)
+    assert res.score == 0 and res.review and "out of memory" in res.reason
+    assert perf.run_check(HogCheck(gib=0), art, ctx).passed  # the same check within its limits passes
+    start = time.monotonic()
+    res = perf.run_check(HogCheck(sleep=600, timeout_s=2), art, ctx)
+    assert res.score == 0 and res.review and "2 s limit" in res.reason and time.monotonic() - start < 15
+
+
+def test_a_forged_child_result_is_clamped(tmp_path):
+    art = tmp_path / "x.bin"
+    art.write_bytes(b"x")
+
+    class Greedy(HogCheck):
+        def run(self, path, ctx):
+            return perf.CheckResult("other", 1e9, 1e9, True, "passed")
+
+    res = perf.run_check(Greedy(), art, perf.PerfContext(lab="demo", profile="cpu"))
+    assert (res.name, res.score, res.max_score) == ("hog", 1.0, 1.0)
+
+
+def test_grader_data_is_not_the_public_split(models):
+    from optcourse.models.digits import load_digits_data
+
+    x, y = perf.digits_heldout(models["ctx"])
+    _, _, x_test, y_test = load_digits_data()
+    public = x_test.numpy().reshape(len(x_test), -1)
+    assert len(x) == len(public) and (y == y_test.numpy()).all()
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    dist = (flat ** 2).sum(1)[:, None] + (public.astype(np.float64) ** 2).sum(1)[None] - 2 * flat @ public.T
+    assert (dist.min(1) > 1.0).all()  # not one grader image is (nearly) a public one
+    from optcourse.bench import ort_session
+
+    ref = ort_session(models["fp32"])
+    assert perf.OnnxClassifierCheck.accuracy(ref, x, y) >= 0.95  # the reference still classifies them
+
+
+def tiny_int8_template_model(path):
+    """A nearest-template classifier over the PUBLIC test split with INT8 weights: what fooled the old check."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from optcourse.models.digits import load_digits_data
+
+    _, _, x_test, y_test = load_digits_data()
+    t = x_test.numpy().reshape(len(x_test), -1)
+    t = t / np.linalg.norm(t, axis=1, keepdims=True)
+    q = np.clip(np.round(t / (1 / 127)), -127, 127).astype(np.int8).T.copy()  # (4096, templates)
+    onehot = np.eye(10, dtype=np.float32)[y_test.numpy()] * 50
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]),
+         helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]),
+         helper.make_node("MatMul", ["flat", "w"], ["sim"]),
+         helper.make_node("Softmax", ["sim"], ["p"], axis=1),
+         helper.make_node("MatMul", ["p", "onehot"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor("wq", TensorProto.INT8, list(q.shape), q.tobytes(), raw=True),
+         helper.make_tensor("ws", TensorProto.FLOAT, [], [1 / 127]), helper.make_tensor("wz", TensorProto.INT8, [], [0]),
+         helper.make_tensor("onehot", TensorProto.FLOAT, list(onehot.shape), onehot.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def float_model_with_unused_dq(fp32: pathlib.Path, path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(fp32))
+    model.graph.initializer.extend([
+        helper.make_tensor("decoy_q", TensorProto.INT8, [64, 64], np.ones(4096, np.int8).tobytes(), raw=True),
+        helper.make_tensor("decoy_s", TensorProto.FLOAT, [], [0.1])])
+    model.graph.node.append(helper.make_node("DequantizeLinear", ["decoy_q", "decoy_s"], ["decoy"]))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fakes_that_fooled_the_old_int8_test_score_nothing(lab01_artifacts, tmp_path):
+    [c] = perf.checks_for("lab01_tensorrt_int8")
+    c = dataclasses.replace(c, speedup_metric=None, min_speedup=0.01, rounds=3, repeat=5)
+    ctx = perf.PerfContext(lab="lab01_tensorrt_int8", profile="cpu", workdir=lab01_artifacts["dir"] / "grader")
+    tiny = tiny_int8_template_model(tmp_path / "tiny.onnx")
+    decoy = float_model_with_unused_dq(lab01_artifacts["fake"], tmp_path / "decoy.onnx")
+    for fake in (tiny, decoy):
+        assert old_is_int8(fake.read_bytes()), fake  # both passed the old check
+    res = perf.run_check(c, tiny, ctx)
+    assert res.score == 0 and "course model" in res.reason, res.reason
+    res = perf.run_check(c, decoy, ctx)
+    assert res.score == 0 and "not an INT8 model" in res.reason, res.reason
+    # the honest artifact is the course model quantized; a measured speed-up beyond the plausible bound is refused
+    ok, why = perf.check_course_model(lab01_artifacts["good"].read_bytes(), perf.digits_fp32_reference(ctx))
+    assert ok and "10 weighted layers, 10 with 8-bit weights" in why, why
+    res = perf.run_check(dataclasses.replace(c, max_speedup=0.5), lab01_artifacts["good"], ctx)
+    assert res.score == 0 and res.review and "implausible" in res.reason
+
+
+def old_is_int8(data: bytes) -> bool:
+    """The check before issue 16: a quantization op and an 8-bit tensor anywhere in the file."""
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    ops = {n.op_type for n in model.graph.node} & perf.INT8_OPS
+    return bool(ops) and any(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and np.prod(t.dims or [1]) > 16
+                             for t in model.graph.initializer)

@@ -322,3 +322,54 @@ def test_feedback_shows_only_the_tests_own_messages(tmp_path):
     assert reason("SecretHiddenLine", "x") == "a test failed"  # a notebook's own exception class: no name shown
     assert reason("NotImplementedError", "") == "not answered yet (NotImplementedError)"
     assert reason("KernelDied", "the kernel died") == "the kernel died"  # written by the grader (inner.py)
+
+
+FORGED = "boom\r\x1b[2K\x1b[1Azed         20/20  graded\n\x9b2Kmallory  20/20  graded\x1b]0;pwned\x07\u202eevil\u200b\x85x"
+
+
+def controls(text: str) -> set[str]:
+    import unicodedata
+
+    return {ch for ch in text if ch not in "\n" and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")}
+
+
+def test_plain_strips_escape_sequences_and_control_characters():
+    assert feedback.plain("\x1b[0;31mred\x1b[0m ok\r\nnext") == "red ok next"
+    assert feedback.plain("\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ \x1b(B\x9b31mz\x07") == "link z"
+    assert feedback.plain("a\u202eb\u200bc\x00d\x7fe\u2028f") == "abcde f"
+    assert feedback.plain("def f():\r\n\treturn 1\x1b[2J", newlines=True) == "def f():\n\treturn 1"
+    assert controls(feedback.plain(FORGED)) == set() and "\n" not in feedback.plain(FORGED)
+
+
+def test_a_forged_message_cannot_add_a_row_to_the_instructors_summary(tmp_path):
+    import csv
+    import dataclasses
+    import json
+
+    from optcourse.autograde.perf import CheckResult
+
+    lab = info(tmp_path)
+    out = {"result": {"cells": {"test_a": {"score": 0}, "test_b": {"score": 3}},
+                      "errors": {"test_a": ["AssertionError", FORGED]}, "guarded": {"test_a": FORGED}}}
+    eve = pipeline.interpret(pipeline.Submission("eve", tmp_path / "x.ipynb", [FORGED]), out, lab, LIMITS)
+    eve.perf = [CheckResult("speed\r", 0.0, 1.0, False, FORGED, {"note": FORGED})]
+    eve.code = ["x = 1\r\n\x1b[2Jy = 2"]
+    amy = pipeline.StudentResult("amy", "graded", {g: pipeline.CellGrade(g, p, p, "passed") for g, p in lab.points.items()})
+    for res in (eve, amy):
+        feedback.clean_result(res)
+    table = pipeline.summary_table(lab, [eve, amy])
+    lines = table.split("\n")
+    assert len(lines) == 4 and [line.split()[0] for line in lines[2:]] == ["amy", "eve"]
+    assert controls(table) == set() and "\r" not in table
+    assert json.dumps(dataclasses.asdict(eve)).count("\\u") == 0  # summary.json: nothing escaped, nothing hidden
+    pipeline.write_csv(tmp_path / "g.csv", lab, [eve, amy])
+    pipeline.write_lms_csv(tmp_path / "lms.csv", "demo_lab", [eve, amy])
+    for name in ("g.csv", "lms.csv"):
+        text = (tmp_path / name).read_text()
+        assert controls(text.replace("\r\n", "\n")) == set()
+        assert len(list(csv.reader(open(tmp_path / name)))) == 3  # a header and two rows
+    html = feedback.render("demo_lab", eve, lab.hidden)
+    assert controls(html) == set() and "x = 1\ny = 2" in html
+    eve.notes = ["=HYPERLINK(\"http://x\")"]  # a spreadsheet never runs a note as a formula
+    pipeline.write_csv(tmp_path / "f.csv", lab, [eve])
+    assert list(csv.DictReader(open(tmp_path / "f.csv")))[0]["notes"].startswith("'=")
