@@ -221,6 +221,7 @@ def _environment(uid: int, limits: Limits) -> dict[str, str]:
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "LANG": "C.UTF-8",
+        "OPTCOURSE_GRADING": "1",  # a lab may skip work no test reads while it is graded (lab03's baseline)
         "OPTCOURSE_SANDBOX_UID": str(uid),
         "OPTCOURSE_SANDBOX_HOME": home,
         # CUDA maps tens of GiB of address space: a GPU kernel gets no RLIMIT_AS (GPU memory is the device's)
