@@ -114,9 +114,15 @@ def _restore_machinery(restored: list[str]) -> None:
             restored.append(f"IPython {name}")
     callbacks = shell.events.callbacks
     for event, saved in _machinery["events"].items():
-        if callbacks.get(event) != saved:
+        current = callbacks.get(event, [])
+        added = [cb for cb in current if not any(cb is s for s in saved)]
+        removed = [s for s in saved if not any(cb is s for cb in current)]
+        if current != saved:
             callbacks[event] = list(saved)
-            restored.append(f"IPython event hooks ({event})")
+            # every hook added since start-up is removed before a test; a library's (matplotlib's inline
+            # flush_figures) is no tampering and is not reported
+            if removed or any(_made_by_notebook(cb) for cb in added):
+                restored.append(f"IPython event hooks ({event})")
     if shell.custom_exceptions != _machinery["custom_exceptions"]:
         shell.custom_exceptions = _machinery["custom_exceptions"]
         restored.append("IPython custom exception handler")
@@ -142,6 +148,21 @@ def _restore_machinery(restored: list[str]) -> None:
             if cls.__dict__.get(key, _MISSING) is not value:
                 setattr(cls, key, value)
                 restored.append(f"{cls.__name__}.{key}")
+
+
+def _made_by_notebook(value, depth: int = 0) -> bool:
+    """Whether a callable was written in the notebook (or wraps one that was)."""
+    import functools
+
+    if depth > 3:
+        return False
+    code = getattr(getattr(value, "__func__", value), "__code__", None)
+    if code is not None and _notebook_code(code):
+        return True
+    if isinstance(value, functools.partial):
+        return any(_made_by_notebook(v, depth + 1) for v in (value.func, *value.args, *value.keywords.values()))
+    kind = value if isinstance(value, type) else type(value)
+    return getattr(kind, "__module__", "") == "__main__"
 
 
 def _notebook_code(code) -> bool:
@@ -187,9 +208,13 @@ def before_test() -> str:
             continue
         namespace = vars(module)
         for attr, value in saved.items():
-            if namespace.get(attr, _MISSING) is not value:
+            current = namespace.get(attr, _MISSING)
+            if current is not value:
                 namespace[attr] = value
-                restored.append(f"{name}.{attr}")
+                # a library's own wrapper of the original (torch._dynamo wraps torch.manual_seed) is put back
+                # too, but is no tampering
+                if getattr(current, "__wrapped__", None) is not value:
+                    restored.append(f"{name}.{attr}")
     _restore_machinery(restored)
     user_ns = _user_ns()
     for key, value in _given.items():

@@ -139,6 +139,7 @@ def test_kernel_deaths_stderr_and_guard_reports(tmp_path):
 
 
 def test_guard_puts_back_replaced_functions_and_given_helpers(monkeypatch, capsys):
+    import functools
     import time
 
     import numpy as np
@@ -159,6 +160,9 @@ def test_guard_puts_back_replaced_functions_and_given_helpers(monkeypatch, capsy
         assert guard.before_test() == "check_close, numpy.allclose, time.perf_counter"
         assert np.allclose is allclose and time.perf_counter is perf_counter and user_ns["check_close"] is helper
         assert guard.before_test() == ""  # nothing replaced: nothing said
+        sleep = time.sleep  # what `import torch._dynamo` does to torch.manual_seed: a library's wrapper
+        time.sleep = functools.wraps(sleep)(lambda *a: sleep(*a))
+        assert guard.before_test() == "" and time.sleep is sleep  # put back, but no tampering to report
         time.tzset()  # what `import pandas` does: rebinds the data attribute time.tzname, which is no tampering
         time.tzname = tuple(time.tzname)
         assert guard.before_test() == ""
@@ -278,11 +282,13 @@ def test_guard_undoes_what_a_notebook_does_to_ipython_itself(monkeypatch):
                    "/tmp/ipykernel_1/99.py", "exec")  # a function defined in a notebook cell
     scope = {}
     exec(code, scope)
+    exec(compile("def hook(info):\n    pass\n", "/tmp/ipykernel_1/98.py", "exec"), scope)
     thread = threading.Thread(target=scope["repatch"], args=(np, stop), daemon=True)
     try:
         shell.input_transformers_post.append(lambda lines: ["pass\n"])
         shell.ast_transformers.append(DropAsserts())
-        shell.events.register("pre_run_cell", lambda info: None)
+        shell.events.register("pre_run_cell", scope["hook"])
+        shell.events.register("post_run_cell", lambda result: None)  # a library's hook: removed, not reported
         shell.set_custom_exc((AssertionError,), lambda *a, **k: None)
         shell.run_cell = lambda *a, **k: None
         thread.start()
@@ -291,7 +297,7 @@ def test_guard_undoes_what_a_notebook_does_to_ipython_itself(monkeypatch):
         for what in ("IPython input_transformers_post", "IPython ast_transformers", "IPython event hooks (pre_run_cell)",
                      "IPython custom exception handler", "shell.run_cell", "thread"):
             assert what in said, (what, said)
-        assert not thread.is_alive() and np.allclose is allclose
+        assert not thread.is_alive() and np.allclose is allclose and "post_run_cell" not in said
         result = shell.run_cell("assert np_allclose(1, 2), 'the test ran'", store_history=False)
         assert isinstance(result.error_in_exec, NameError)  # the cell ran as written (not `pass`)
         shell.user_ns["np_allclose"] = np.allclose
