@@ -165,6 +165,12 @@ def _gpu_devices() -> list[str]:
     return sorted(p for p in glob.glob("/dev/nvidia*") if not os.path.isdir(p))
 
 
+LOOPBACK_UP = ("import fcntl, socket, struct\n"
+               "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+               "flags = struct.unpack('16sh', fcntl.ioctl(s, 0x8913, struct.pack('16sh', b'lo', 0)))[1]  # SIOCGIFFLAGS\n"
+               "fcntl.ioctl(s, 0x8914, struct.pack('16sh', b'lo', flags | 1))  # SIOCSIFFLAGS: IFF_UP\n")
+
+
 def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
     q = shlex.quote
     lines = ["set -e", f"N={q(new_root)}", 'mount -t tmpfs -o mode=0755,size=16m tmpfs "$N"',
@@ -195,7 +201,9 @@ def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
         'mount -t proc -o nosuid,nodev,noexec proc "$N"/proc',
         # host-wide kernel settings stay out of reach even of the sandbox's root
         'mount --bind "$N"/proc/sys "$N"/proc/sys && mount -o remount,bind,ro "$N"/proc/sys',
-        f"{q(shutil.which('ip') or '/usr/sbin/ip')} link set lo up",  # the kernel's ZMQ sockets use this namespace's own loopback
+        # the kernel's ZMQ sockets use this namespace's own loopback: bring it up (an ioctl, so that a machine
+        # without iproute2's `ip`, like a bare GPU image, needs nothing more)
+        f"{q(sys.executable)} -c {q(LOOPBACK_UP)}",
         f'exec {q(shutil.which("chroot") or "/usr/sbin/chroot")} "$N" {q(sys.executable)} -m optcourse.autograde.inner {SANDBOX_ROOT}',
     ]
     return "\n".join(lines)

@@ -206,6 +206,7 @@ def test_sandbox_mount_plan_hides_the_repository():
     for sub in ("autograded", "work", "home"):  # nbgrader's output and the student's writable folders are tmpfs
         assert f"mode=0700,size=1048576 tmpfs \"$N\"/grading/{sub}" in script
     assert 'mount -o remount,bind,ro "$N"/proc/sys' in script
+    assert "0x8914" in script and " link set " not in script  # loopback up without iproute2 (bare GPU images)
     assert "/dev/nvidia" not in script
     assert str(pathlib.Path(pipeline.__file__).resolve().parents[2] / "solutions") not in script
     assert "/grading" in script and "mount -t proc" in script
