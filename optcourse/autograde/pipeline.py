@@ -646,7 +646,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
         "lab": lab, "wall_s": round(report.wall_s, 2), "phases_s": report.phases, "workers": workers,
         "backend": backend, "needs_review": report.needs_review,
         "students": {r.student: {"score": r.score, "max_score": r.max_score, "status": r.status,
-                                 "needs_review": r.needs_review, "notes": r.notes,
+                                 "needs_review": r.needs_review, "notes": r.notes, "wall_s": round(r.wall_s, 1),
                                  "cells": {g: dataclasses.asdict(c) for g, c in r.cells.items()},
                                  "perf": [dataclasses.asdict(p) for p in r.perf]} for r in ordered}}, indent=2))
     return report
