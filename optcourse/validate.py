@@ -23,10 +23,11 @@ def run_tests(path: pathlib.Path, timeout: int | None = None) -> list[dict]:
     from nbgrader.preprocessors import ClearOutput, Execute
     from traitlets.config import Config
 
+    from optcourse.autograde.pipeline import lab_limits
     from optcourse.autograde.stderr_notes import StderrAsNotes
 
     nb = nbformat.read(path, as_version=4)
-    lab_timeout = nb.metadata.get("optcourse", {}).get("grading", {}).get("cell_timeout_s")
+    lab_timeout = lab_limits(nb).get("cell_timeout_s")
     config = Config()
     config.Execute.timeout = int(timeout or lab_timeout or DEFAULT_CELL_TIMEOUT_S)
     config.Execute.interrupt_on_timeout = True

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import time
 import warnings
-import zipfile
 
 from optcourse.autograde import feedback as feedback_mod
 from optcourse.autograde import guard
@@ -31,7 +30,6 @@ from optcourse.autograde.sandbox import UID_BASE, Limits, prepare_jail, run_jail
 
 MAX_NOTEBOOK_BYTES = 20 << 20
 HIDDEN_RE = re.compile(r"### BEGIN HIDDEN TESTS(.*?)### END HIDDEN TESTS", re.S)
-ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STUDENT_RE = re.compile(r"[^A-Za-z0-9_.@-]+")
 
 
@@ -193,12 +191,9 @@ def test_messages(sources: list[str]) -> list[re.Pattern]:
     return [re.compile(p, re.S) for p in sorted(patterns)]
 
 
-INVISIBLE_RE = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
-
-
 def instructor_message(text: str, info: LabInfo) -> str | None:
     """``text`` when it is one of the lab's test messages and quotes no hidden test, else None."""
-    text = INVISIBLE_RE.sub("", ANSI_RE.sub("", text or "")).strip()
+    text = feedback_mod.plain(text, newlines=True).strip()  # no escape, control or invisible character
     if not text or len(text) > 2000:
         return None
     for pattern in info.messages:
