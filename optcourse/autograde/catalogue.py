@@ -12,11 +12,12 @@ textual edits of the solution notebook and the graded cells it must lose::
       loses: [test_task1_affine]          # these graded cells score 0; `perf:<name>` names a performance check
 
 ``run(lab)`` grades, in ONE batch of ``python -m optcourse.autograde`` (sandbox, the lab's own limits):
-the solution (full marks, no flag), the released notebook (0) and the mistakes, several per notebook where
+the solution (full marks, no flag), the released notebook (0), the mistakes, several per notebook where
 their edited cells and ``loses`` sets are disjoint (each notebook must lose exactly the union of its
-mistakes' cells and keep every other point). ``check`` returns every broken promise in words.
+mistakes' cells and keep every other point), and the released notebook with each attack of ``attacks.py``
+(0 on every cell, no hidden-test line in its feedback). ``check`` returns every broken promise in words.
 
-CLI: ``python -m optcourse.autograde.catalogue LAB [--out DIR] [--only solution,blank,mistakes]``.
+CLI: ``python -m optcourse.autograde.catalogue LAB [--out DIR] [--only solution,blank,mistakes,attacks]``.
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ import pathlib
 import shutil
 import sys
 
+from optcourse.autograde import attacks
 from optcourse.paths import AUTOGRADER_DIR
 
 LABS_NOTES_DIR = AUTOGRADER_DIR / "labs"
-KINDS = ("solution", "blank", "mistakes")
+KINDS = ("solution", "blank", "mistakes", "attacks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +138,35 @@ def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[M
         for i, group in enumerate(combine(load(lab)), 1):
             nbformat.write(apply(solution, group), folder / f"mistakes-{i}.ipynb")
             plan[f"mistakes-{i}"] = group
+    if "attacks" in kinds:
+        blank = nbformat.read(LABS_DIR / lab / f"{lab}.ipynb", as_version=4)
+        for name in attacks.ATTACKS:
+            nbformat.write(attacks.attacked(blank, name), folder / f"attack-{name}.ipynb")
+            plan[f"attack-{name}"] = "blank"
     return plan
+
+
+def leaked_lines(lab: str, graded: pathlib.Path, students) -> list[str]:
+    """Hidden-test lines (whitespace and invisible characters removed) found in the students' feedback."""
+    import re
+
+    import nbformat
+
+    from optcourse.autograde.pipeline import HIDDEN_RE
+    from optcourse.release import SOLUTIONS_DIR
+
+    squash = lambda text: re.sub(r"[\s\u200b-\u200f\u2060\ufeff]+", "", text)  # noqa: E731
+    solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
+    hidden = {squash(line) for cell in solution.cells for block in HIDDEN_RE.findall(cell.source)
+              for line in block.splitlines() if len(squash(line)) >= 20}
+    problems = []
+    for student in students:
+        page = graded / "feedback" / f"{student}.html"
+        text = squash(__import__("html").unescape(page.read_text())) if page.is_file() else ""
+        found = [line for line in hidden if line in text]
+        if found:
+            problems.append(f"{student}: {len(found)} hidden-test line(s) in its feedback, e.g. {found[0][:80]!r}")
+    return problems
 
 
 def check(report, plan: dict[str, list[Mistake] | str]) -> list[str]:
@@ -153,7 +183,7 @@ def check(report, plan: dict[str, list[Mistake] | str]) -> list[str]:
         items = {g: (c.score, c.max_score, c.reason) for g, c in res.cells.items() if c.score is not None}
         items.update({f"perf:{p.name}": (p.score, p.max_score, p.reason) for p in res.perf})
         if expect == "blank":
-            problems += [f"blank: {g} scored {s:g}/{m:g}" for g, (s, m, _) in items.items() if s > 0]
+            problems += [f"{student}: {g} scored {s:g}/{m:g}" for g, (s, m, _) in items.items() if s > 0]
             continue
         if res.needs_review:
             problems.append(f"{student}: flagged for review ({'; '.join(res.notes)[:300]})")
@@ -180,7 +210,8 @@ def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bo
         shutil.rmtree(out)
     plan = write_batch(lab, out / "submissions", kinds)
     report = grade_batch(lab, out / "submissions", out / "graded", workers=workers, progress=progress)
-    return report, plan, check(report, plan)
+    attacked = [student for student in plan if student.startswith("attack-")]
+    return report, plan, check(report, plan) + leaked_lines(lab, out / "graded", attacked)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m optcourse.autograde.catalogue", description=__doc__.splitlines()[0])
     p.add_argument("lab")
     p.add_argument("--out", default=None, help="work folder (default build/catalogue/LAB)")
-    p.add_argument("--only", default=",".join(KINDS), help="comma-separated: solution,blank,mistakes")
+    p.add_argument("--only", default=",".join(KINDS), help="comma-separated: " + ",".join(KINDS))
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -213,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\nCONTRACT BROKEN:\n  " + "\n  ".join(problems))
         return 1
-    print("contract holds: solution full marks, blank 0, every mistake loses exactly its cells")
+    print("contract holds: solution full marks, blank 0, every mistake loses exactly its cells, every attack 0")
     return 0
 
 

@@ -61,10 +61,44 @@ def _sandbox_execute():
             original = meta.get("path")
             if original:
                 meta["path"] = _student_workdir(original)
+            self._tester = _tester_for(resources, meta["path"])
             try:
                 return super().preprocess(nb, resources, km)
             finally:
                 meta["path"] = original
+                if self._tester is not None:
+                    self._tester.stop()
+
+        def _run_test(self, cell) -> None:
+            """Run a test cell in the trusted runner (``tester.py``) with the kernel answering its questions, and
+            write what it printed and how it failed as the cell's outputs (what nbgrader scores)."""
+            from jupyter_core.utils import run_sync
+
+            from optcourse.autograde.remote import serve_expression
+
+            sent = []
+
+            def start_agent(address, token):
+                sent.append(self.kc.execute("", silent=True, store_history=False,
+                                            user_expressions={"serve": serve_expression(address, token)}))
+
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id", "test")
+            report = self._tester.run(cell.source, gid, float(self.timeout), start_agent)
+            outputs = [new_output("stream", name=stream, text=report[stream])
+                       for stream in ("stdout", "stderr") if report.get(stream)]
+            if report.get("error"):
+                err = report["error"]
+                outputs.append(new_output("error", ename=str(err.get("ename", "Error")),
+                                          evalue=str(err.get("evalue", "")), traceback=list(err.get("traceback", []))))
+            cell.outputs = outputs
+            if not sent:
+                return
+            if report.get("timed_out"):  # the kernel may still be inside the notebook's function
+                self.km.interrupt_kernel()
+            try:
+                run_sync(self.async_wait_for_reply)(sent[0])
+            except Exception:  # noqa: BLE001 - a kernel that does not come back is stopped like a stuck one
+                self._stopped = "not run: the kernel did not come back from an earlier test"
 
         def _guard_kernel(self) -> tuple[bool, str]:
             """Put the kernel back as the instructor gave it (``guard.before_test``), through an execute
@@ -101,7 +135,10 @@ def _sandbox_execute():
                         f"runs code: {restored}); the test was not run"))]
                     return cell, resources
             try:
-                cell, resources = super().preprocess_cell(cell, resources, index)
+                if _is_test(cell):
+                    self._run_test(cell)
+                else:
+                    cell, resources = super().preprocess_cell(cell, resources, index)
                 if restored:  # said first in the cell's output; the parent reports it to the instructor
                     from optcourse.autograde.guard import MARK
 
@@ -133,6 +170,24 @@ def _sandbox_execute():
             return cell, resources
 
     return SandboxExecute
+
+
+def _is_test(cell) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+_PRELUDE: dict[str, list[str]] = {}  # notebook name -> what the test runner starts from (set by main)
+
+
+def _tester_for(resources, workdir: str):
+    """The trusted runner for the notebook being graded; its namespace starts from the instructor's imports and
+    helpers (``prelude.json``, written by the trusted parent from the source notebook), never the submission's."""
+    from optcourse.autograde.tester import RunnerProcess
+
+    name = (resources or {}).get("nbgrader", {}).get("notebook")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTCOURSE_SANDBOX_")}
+    return RunnerProcess(_PRELUDE.get(name, []), cwd=workdir, env=env)
 
 
 def _student_workdir(lab_dir: str) -> str:
@@ -317,6 +372,8 @@ def main(root: str) -> int:
         from nbgrader.apps import NbGraderAPI
 
         os.environ["OPTCOURSE_SANDBOX_WATCH"] = ",".join(job.get("watch", []))  # read by kernel.py
+        with open(os.path.join(root, "prelude.json")) as f:
+            _PRELUDE.update(json.load(f))
         api = NbGraderAPI(config=_config(root, job))
         with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
             gb.update_or_create_student(student)

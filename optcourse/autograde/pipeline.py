@@ -26,6 +26,7 @@ from optcourse.autograde import feedback as feedback_mod
 from optcourse.autograde import guard
 from optcourse.autograde import intake
 from optcourse.autograde import perf as perf_mod
+from optcourse.autograde import tester
 from optcourse.autograde.sandbox import UID_BASE, Limits, prepare_jail, run_jail
 
 MAX_NOTEBOOK_BYTES = 20 << 20
@@ -143,6 +144,8 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     shutil.copytree(gen / "source" / lab, template / "source" / lab, ignore=shutil.ignore_patterns("*.ipynb"))
     shutil.copy(gen / "gradebook.db", template / "gradebook.db")
     nb = nbformat.read(notebooks[0], as_version=4)
+    # what the trusted test runner starts from: the instructor's imports and helpers, never the submission's
+    (template / "prelude.json").write_text(json.dumps({notebooks[0].stem: tester.prelude(nb)}))
     limits = lab_limits(nb)
     points, code_tests, hidden, cell_ids, given = {}, set(), [], set(), set()
     for cell in nb.cells:

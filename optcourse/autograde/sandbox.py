@@ -255,6 +255,7 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
         (grading / sub).mkdir(exist_ok=True)
         os.chmod(grading / sub, 0o700)
     os.chmod(grading / "gradebook.db", 0o600)
+    os.chmod(grading / "prelude.json", 0o600)
     sub_dir = grading / "submitted" / student / lab
     shutil.copytree(grading / "source" / lab, sub_dir)
     shutil.copyfile(notebook, sub_dir / notebook_name)

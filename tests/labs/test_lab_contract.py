@@ -5,7 +5,11 @@ sandbox, the lab's own limits), the way an instructor grades a class:
 * the released student notebook scores 0;
 * every plausible wrong implementation in ``autograder/labs/<lab>/mistakes.yaml`` loses exactly the cells it
   names and keeps every other point (mistakes of different tasks share a notebook, so a mistake that
-  leaked into another task's points would show).
+  leaked into another task's points would show);
+* the released notebook with each kernel-side attack of ``optcourse/autograde/attacks.py`` (transformers,
+  patched comparisons, hooks, threads, test leaks) scores 0 and shows no hidden-test line in its feedback.
+  Not on lab 03: each of its notebooks starts a vLLM server (minutes on CI's cores), and its tests run
+  through the same trusted runner as the other labs'.
 
 One batch per lab (``optcourse.autograde.catalogue.run``); the grading time of each notebook is printed.
 """
@@ -35,8 +39,10 @@ def test_lab_grading_contract(lab, tmp_path):
         if os.environ.get("CI"):
             pytest.fail(f"the class autograder's sandbox is unavailable in CI: {WHY}")
         pytest.skip(f"sandbox unavailable: {WHY}")
-    report, plan, problems = catalogue.run(lab, tmp_path / lab)
+    kinds = tuple(k for k in catalogue.KINDS if k != "attacks" or "vllm" not in lab)
+    report, plan, problems = catalogue.run(lab, tmp_path / lab, kinds)
     print(f"{lab}: graded {len(report.results)} notebooks in {report.wall_s:.0f} s: " +
           ", ".join(f"{r.student} {r.wall_s:.0f} s" for r in report.results))
     assert sum(isinstance(p, list) for p in plan.values()) >= 1, f"{lab}: no mistakes graded"
+    assert "attacks" not in kinds or sum(s.startswith("attack-") for s in plan) == len(catalogue.attacks.ATTACKS)
     assert not problems, "\n".join(problems)
