@@ -382,8 +382,10 @@ class TensorRTRunner:
 
     def layers(self) -> list[dict]:
         """Per-layer information from TensorRT's engine inspector (JSON; with the detailed profiling
-        verbosity of ``build_tensorrt_engine`` it includes each layer's input/output types)."""
+        verbosity of ``build_tensorrt_engine`` it includes each layer's "Format/Datatype" per input and
+        output). Call it after a run: with a dynamic batch the formats are known for the context's shapes."""
         inspector = self.engine.create_engine_inspector()
+        inspector.execution_context = self.context
         info = json.loads(inspector.get_engine_information(self.trt.LayerInformationFormat.JSON))
         return info["Layers"]
 
