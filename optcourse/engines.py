@@ -1,6 +1,6 @@
 """Explicitly quantized (QDQ) INT8 models, and TensorRT 11 engines built from them.
 
-Precision lives in the model (DESIGN.md, lecture 02):
+Precision lives in the model (lecture 02):
 - ``quantize_qdq`` writes an ONNX model with QuantizeLinear/DequantizeLinear pairs (explicit
   quantization) with ONNX Runtime's ``quantize_static(..., quant_format=QuantFormat.QDQ)`` and a
   ``CalibrationDataReader``; calibration ranges can be overridden per tensor with your own thresholds.
@@ -232,14 +232,15 @@ def tensorrt_model(onnx_path, engine_path, *, fp16: bool = False, int8: bool = F
 
     TensorRT 10's ``fp16``/``int8`` builder flags are gone; here they are requests checked against the
     model. ``fp16`` on an FP32 model: its FP16 export (``fp16_onnx``) is written next to the engine.
-    ``int8``: the model must already be a symmetric (S8S8) QDQ model, ``quantize_qdq(target="tensorrt")``.
+    ``int8``: the model must already be a QDQ model. Any QDQ model must be symmetric (S8S8, float
+    biases), as ``quantize_qdq(target="tensorrt")`` writes it.
     """
     precision = onnx_precision(onnx_path)
-    if int8:
-        if precision != "int8":
-            raise ValueError(f"int8 asked for, but {onnx_path} has no QuantizeLinear/DequantizeLinear nodes: "
-                             "TensorRT 11 takes INT8 from the model; quantize it with "
-                             "engines.quantize_qdq(..., target='tensorrt')")
+    if int8 and precision != "int8":
+        raise ValueError(f"int8 asked for, but {onnx_path} has no QuantizeLinear/DequantizeLinear nodes: "
+                         "TensorRT 11 takes INT8 from the model; quantize it with "
+                         "engines.quantize_qdq(..., target='tensorrt')")
+    if precision == "int8":  # checked with or without the int8 request: TensorRT would refuse it anyway
         problems = tensorrt_qdq_problems(onnx_path)
         if problems:
             listed = "; ".join(f"{k}: {v}" for k, v in list(problems.items())[:4])

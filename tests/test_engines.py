@@ -77,8 +77,9 @@ def test_the_cpu_model_is_refused_for_tensorrt_int8(conv_model):
     u8s8 = engines.quantize_qdq(path, tmp / "q_u8.onnx", engines.FeedsReader(feeds))
     problems = engines.tensorrt_qdq_problems(u8s8)
     assert "x" in problems and "uint8" in problems["x"]
-    with pytest.raises(ValueError, match="not symmetric INT8"):
-        engines.tensorrt_model(u8s8, tmp / "u8.engine", int8=True)
+    for asked in ({"int8": True}, {}):   # refused whether or not int8 was asked for
+        with pytest.raises(ValueError, match="not symmetric INT8"):
+            engines.tensorrt_model(u8s8, tmp / "u8.engine", **asked)
     with pytest.raises(ValueError, match="no QuantizeLinear"):
         engines.tensorrt_model(path, tmp / "fp32.engine", int8=True)   # an FP32 model named int8
 
