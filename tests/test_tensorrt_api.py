@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -102,6 +103,7 @@ def pinned_api() -> dict:
     unpacked = CACHE / f"bindings-{version}"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(unpacked)
+    assert shutil.which("gcc"), "gcc builds the stand-in libraries (apt-get install gcc)"
     source = CACHE / "stub.c"
     source.write_text(STUB_SOURCE + "\n")
     stubs = []
