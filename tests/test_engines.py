@@ -7,6 +7,7 @@ import torch
 
 from optcourse import calibration as cal
 from optcourse import engines
+from optcourse.bench import ort_session
 from optcourse.onnx_export import export_onnx
 
 
@@ -48,7 +49,6 @@ def test_quantize_qdq_for_the_cpu_uses_u8_activations_and_per_channel_int8_weigh
     assert summary["scales"]["x"][1].dtype == np.uint8
     per_channel = [v for v in summary["scales"].values() if v[0] is not None and np.size(v[0]) == 8]
     assert per_channel, "the first conv's weight should have one scale per output channel"
-    from optcourse.bench import ort_session
 
     x = feeds[0]["x"]
     with torch.no_grad():
@@ -59,11 +59,69 @@ def test_quantize_qdq_for_the_cpu_uses_u8_activations_and_per_channel_int8_weigh
 
 def test_quantize_qdq_for_tensorrt_is_symmetric_int8(conv_model):
     _, path, feeds, tmp = conv_model
-    summary = engines.qdq_summary(engines.quantize_qdq(path, tmp / "q_trt.onnx", engines.FeedsReader(feeds), target="tensorrt"))
-    zp = summary["scales"]["x"][1]
-    assert zp.dtype == np.int8 and np.all(zp == 0)
+    stats = cal.collect_activation_stats(path, feeds, num_bins=64)
+    relu = [n for n in stats if "Relu" in n][0]   # a ReLU output: its own range [0, T] is one-sided
+    q = engines.quantize_qdq(path, tmp / "q_trt.onnx", engines.FeedsReader(feeds), target="tensorrt",
+                             tensor_overrides=engines.range_overrides({relu: stats[relu].absmax}, stats))
+    scales = engines.qdq_summary(q)["scales"]
+    zero_points = [zp for _, zp, _ in scales.values() if zp is not None]
+    assert len(zero_points) == len(scales) > 2
+    assert all(zp.dtype == np.int8 and np.all(zp == 0) for zp in zero_points)
+    assert engines.tensorrt_qdq_problems(q) == {}
     with pytest.raises(ValueError):
         engines.quantize_qdq(path, tmp / "bad.onnx", engines.FeedsReader(feeds), target="tpu")
+
+
+def test_the_cpu_model_is_refused_for_tensorrt_int8(conv_model):
+    _, path, feeds, tmp = conv_model
+    u8s8 = engines.quantize_qdq(path, tmp / "q_u8.onnx", engines.FeedsReader(feeds))
+    problems = engines.tensorrt_qdq_problems(u8s8)
+    assert "x" in problems and "uint8" in problems["x"]
+    for asked in ({"int8": True}, {}):   # refused whether or not int8 was asked for
+        with pytest.raises(ValueError, match="not symmetric INT8"):
+            engines.tensorrt_model(u8s8, tmp / "u8.engine", **asked)
+    with pytest.raises(ValueError, match="no QuantizeLinear"):
+        engines.tensorrt_model(path, tmp / "fp32.engine", int8=True)   # an FP32 model named int8
+
+
+def test_fp16_model_is_what_an_fp16_engine_parses(conv_model):
+    model, path, feeds, tmp = conv_model
+    assert engines.onnx_precision(path) == "fp32"
+    fp16 = engines.tensorrt_model(path, tmp / "conv16.engine", fp16=True)
+    assert fp16 == tmp / "conv16.fp16.onnx" and engines.onnx_precision(fp16) == "fp16"
+    x = feeds[0]["x"]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = ort_session(fp16).run(None, {"x": x})[0]          # inputs and outputs stay float32
+    assert got.dtype == np.float32 and np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
+
+
+def test_fp16_export_keeps_named_layers_fp32(conv_model):
+    import onnx
+
+    _, path, _, tmp = conv_model
+    gemm = next(n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Gemm")
+    kept = onnx.load(str(engines.fp16_onnx(path, tmp / "keep.onnx", keep_fp32_nodes=[gemm])))
+    types = {i.name: i.data_type for i in kept.graph.initializer}
+    gemm_node = next(n for n in kept.graph.node if n.name == gemm)
+    assert types[gemm_node.input[1]] == onnx.TensorProto.FLOAT
+    assert onnx.TensorProto.FLOAT16 in types.values()
+
+
+def test_profile_with_min_above_opt_is_refused_before_tensorrt():
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        engines.check_profile_shapes({"x": ((8, 1, 8, 8), (4, 1, 8, 8), (16, 1, 8, 8))})
+    engines.check_profile_shapes({"x": ((1, 1, 8, 8), (4, 1, 8, 8), (16, 1, 8, 8))})
+
+
+@pytest.mark.skipif(engines.tensorrt_available(), reason="checks the message where TensorRT is missing")
+def test_tensorrt_paths_say_so_when_tensorrt_is_missing(conv_model):
+    _, path, _, tmp = conv_model
+    with pytest.raises(RuntimeError, match="TensorRT is not usable here"):
+        engines.build_tensorrt_engine(path, tmp / "none.engine", shapes={"x": ((1, 1, 8, 8),) * 3})
+    assert not (tmp / "none.engine").exists()
+    with pytest.raises(RuntimeError, match="TensorRT is not usable here"):
+        engines.TensorRTRunner(tmp / "none.engine")
 
 
 def test_threshold_overrides_set_the_activation_scale(conv_model):
@@ -98,15 +156,25 @@ def test_tensorrt_availability_is_reported_honestly():
 
 
 @pytest.mark.skipif(not engines.tensorrt_available(), reason="TensorRT and a CUDA GPU are needed")
-def test_tensorrt_engine_build_serialize_reload(conv_model):
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_engine_build_serialize_reload(conv_model, precision):
     model, path, feeds, tmp = conv_model
     cache = tmp / "timing.cache"
-    engine = engines.build_tensorrt_engine(path, tmp / "conv.engine", shapes={"x": ((1, 1, 8, 8), (4, 1, 8, 8), (16, 1, 8, 8))},
-                                           fp16=True, timing_cache_path=cache)
+    source = path
+    if precision == "int8":
+        source = engines.quantize_qdq(path, tmp / "q_trt.onnx", engines.FeedsReader(feeds), target="tensorrt")
+    built_from = engines.tensorrt_model(source, tmp / f"conv_{precision}.engine", fp16=precision == "fp16",
+                                        int8=precision == "int8")
+    engine = engines.build_tensorrt_engine(source, tmp / f"conv_{precision}.engine", timing_cache_path=cache,
+                                           shapes={"x": ((1, 1, 8, 8), (4, 1, 8, 8), (16, 1, 8, 8))},
+                                           fp16=precision == "fp16", int8=precision == "int8")
     assert engine.stat().st_size > 0 and cache.stat().st_size > 0
     runner = engines.TensorRTRunner(engine)
+    assert runner.profile_shapes("x") == ((1, 1, 8, 8), (4, 1, 8, 8), (16, 1, 8, 8))
+    assert len(runner.layers()) > 0
     for n in (1, 7):
-        x = torch.from_numpy(np.repeat(feeds[0]["x"][:1], n, axis=0))
-        with torch.no_grad():
-            ref = model(x)
-        assert torch.allclose(runner(x=x)["y"].float().cpu(), ref, atol=5e-2)
+        batch = {"x": np.repeat(feeds[0]["x"][:1], n, axis=0)}
+        diff = engines.max_difference_from_onnxruntime(runner, built_from, batch)
+        assert diff["y"] < 5e-2, diff
+    with pytest.raises(ValueError, match="outside the engine's optimization profile"):
+        runner(x=torch.zeros(17, 1, 8, 8))

@@ -82,6 +82,10 @@ def test_lecture02_executes_and_measures(executed_notebook):
     if importlib.util.find_spec("tensorrt") is None:
         assert "TensorRT cell skipped" in text
     assert "fusion_speedup" in metrics and "int8_qdq_speedup" in metrics
+    # the models a TensorRT 11 build takes its precision from
+    assert value(metrics, "s8s8_tensorrt_rejects") == 0 and value(metrics, "s8s8_accuracy_drop") <= 0.03
+    assert value(metrics, "fp16_model_top1_agreement") >= 0.99
+    assert op_counts(out_dir / "digits_fp16.onnx")["Cast"] >= 2  # FP32 in and out, and around the FP32 fc
 
 
 @pytest.mark.notebooks
