@@ -6,6 +6,10 @@ The responses are written from the hand-chosen answers below, addressed by quest
 number in the sample quiz (seed 2024, student "sample"). Their expected scores are
 computed by hand in tests/quiz/test_quiz_grading.py, not by the grader, so if the
 bank changes which questions are drawn, re-check those numbers.
+
+`class/` holds a small class for item analysis (`make quiz-grade`): six students who
+answer the questions listed in CLASS_CORRECT right and every other question wrong.
+tests/quiz/test_quiz_item_analysis.py checks the analysis against a hand computation.
 """
 
 import json
@@ -43,6 +47,34 @@ PARTIAL_ANSWERS = {
     25: False,                   # wrong: 0
 }                                # total 23 of 37
 
+# Student file -> question numbers answered correctly. Stronger students know more, except
+# question 25, which only the two weakest get right: the item analysis must flag it.
+CLASS_CORRECT = {
+    f"student{k}.json": set(range(1, 4 * k + 1)) | ({25} if k <= 2 else set()) for k in range(1, 7)
+}
+
+
+def wrong_answer(question: dict):
+    """An answer of the right form that earns nothing."""
+    if question["kind"] == "single":
+        return next(c["label"] for c in question["choices"] if not c["correct"])
+    if question["kind"] == "multi":
+        return [next(c["label"] for c in question["choices"] if not c["correct"])]
+    if question["kind"] == "truefalse":
+        return not question["correct"]
+    return question["correct"] * 2 + 1
+
+
+def write_class_responses(key: dict) -> None:
+    folder = SAMPLES / "class"
+    folder.mkdir(exist_ok=True)
+    for name, correct_numbers in CLASS_CORRECT.items():
+        answers = {q["id"]: q["correct"] if q["number"] in correct_numbers else wrong_answer(q)
+                   for q in key["questions"]}
+        (folder / name).write_text(json.dumps({"format": "optcourse-quiz-response", "quiz_id": key["quiz_id"],
+                                               "student": STUDENT, "answers": answers}, indent=2) + "\n",
+                                   encoding="utf-8")
+
 
 def main() -> None:
     subprocess.run([sys.executable, "-m", "optcourse.quiz", "generate", "--seed", str(SEED), "--student", STUDENT,
@@ -76,6 +108,7 @@ def main() -> None:
     write("missing_and_wrong_type.json", broken)  # 37 - 10 = 27
     write("wrong_quiz_id.json", perfect, quiz_id="2023-sample-00000000")
     (responses / "malformed.json").write_text(perfect_text[: len(perfect_text) // 2] + "\n", encoding="utf-8")
+    write_class_responses(key)
 
 
 if __name__ == "__main__":
