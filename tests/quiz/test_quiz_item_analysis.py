@@ -38,20 +38,22 @@ def point_biserial(correct: list[int], rest: list[float]) -> float:
     return (sum(right) / len(right) - sum(wrong) / len(wrong)) / s * math.sqrt(p * (1 - p))
 
 
-# By hand, from quiz/samples/make_samples.py CLASS_CORRECT and the key's points (37 in all;
-# questions 1-4 are worth 6 points, 1-8: 11, 1-12: 16, 1-16: 23, 1-20: 29, 1-24: 36):
+# By hand, from quiz/samples/make_samples.py CLASS_CORRECT and the key's points (36 in all;
+# questions 1-4 are worth 6 points, 1-8: 11, 1-12: 16, 1-16: 23, 1-20: 29, 1-24: 35):
 # student k gets questions 1..4k right, and the two weakest also get question 25 (1 point).
-# Totals: 7, 12, 16, 23, 29, 36. Rest score = total minus the item's own points.
-Q25_RIGHT, Q25_REST = [1, 1, 0, 0, 0, 0], [6, 11, 16, 23, 29, 36]
-Q5_RIGHT, Q5_REST = [0, 1, 1, 1, 1, 1], [7, 11, 15, 22, 28, 35]  # question 5: 1 point, missed only by student 1
+# Totals: 7, 12, 16, 23, 29, 35. Rest score = total minus the item's own points.
+Q25_RIGHT, Q25_REST = [1, 1, 0, 0, 0, 0], [6, 11, 16, 23, 29, 35]
+Q5_RIGHT, Q5_REST = [0, 1, 1, 1, 1, 1], [7, 11, 15, 22, 28, 34]  # question 5: 1 point, missed only by student 1
 
 
 def test_discrimination_matches_the_hand_computation(stats, id_of):
-    # Rest scores share one denominator (36 points), so percents and points correlate alike.
-    assert point_biserial(Q25_RIGHT, Q25_REST) == pytest.approx(-0.7995, abs=1e-4)  # worked out on paper
+    # Rest scores share one denominator (35 points), so percents and points correlate alike.
+    # On paper: M1 = 8.5, M0 = 25.75, s = sqrt(3008/6 - 20^2) = 10.066, p = 1/3:
+    # (8.5 - 25.75) / 10.066 * sqrt(2/9) = -0.8078.
+    assert point_biserial(Q25_RIGHT, Q25_REST) == pytest.approx(-0.8078, abs=1e-4)
     assert stats[id_of[25]].discrimination == pytest.approx(point_biserial(Q25_RIGHT, Q25_REST), abs=1e-9)
     assert stats[id_of[5]].discrimination == pytest.approx(point_biserial(Q5_RIGHT, Q5_REST), abs=1e-9)
-    assert stats[id_of[5]].discrimination == pytest.approx(0.5826, abs=1e-4)
+    assert stats[id_of[5]].discrimination == pytest.approx(0.5906, abs=1e-4)
 
 
 def test_difficulty_is_the_fraction_of_points_earned(stats, id_of):
@@ -74,9 +76,9 @@ def test_make_quiz_grade_writes_the_table_and_the_plot(tmp_path, id_of):
     rows = {row["id"]: row for row in csv.DictReader((tmp_path / "items" / "item_analysis.csv").open())}
     assert len(rows) == 25
     assert rows[id_of[25]]["flag"] == FLAG_STRONG_MISS
-    assert float(rows[id_of[25]]["discrimination"]) == pytest.approx(-0.7995, abs=1e-4)
+    assert float(rows[id_of[25]]["discrimination"]) == pytest.approx(-0.8078, abs=1e-4)
     page = (tmp_path / "items" / "summary.html").read_text()
     assert "<svg" in page
     points = sum(row["discrimination"] != "" for row in rows.values())
     assert page.count("<circle") == points
-    assert f"<li>{id_of[25]} (discrimination -0.80)</li>" in page
+    assert f"<li>{id_of[25]} (discrimination -0.81)</li>" in page
