@@ -137,9 +137,12 @@ STUDENTS ?= sample
 quiz-generate: setup
 	$(PY) -m optcourse.quiz generate --seed $(SEED) $(foreach s,$(STUDENTS),--student $(s)) --out build/quiz/students --key-dir quiz/keys
 
-RESPONSES ?= quiz/samples
+# Defaults grade the shipped class sample; set QUIZ_KEYS=quiz/keys RESPONSES=<folder> for a real class.
+QUIZ_KEYS ?= quiz/samples/key
+RESPONSES ?= quiz/samples/class
 quiz-grade: setup
-	$(PY) -m optcourse.quiz grade --key quiz/keys --responses $(RESPONSES) --csv build/quiz/scores.csv --feedback build/quiz/feedback
+	$(PY) -m optcourse.quiz grade --key $(QUIZ_KEYS) --responses $(RESPONSES) --csv build/quiz/scores.csv \
+	  --feedback build/quiz/feedback --item-analysis build/quiz
 
 quiz-export: setup
 	$(PY) -m optcourse.quiz export --format gift --out build/quiz/bank.gift

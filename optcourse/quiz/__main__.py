@@ -15,6 +15,7 @@ from . import bank as bank_module
 from .export import export_gift, export_qti
 from .generate import build_quiz, write_quiz
 from .grade import grade_all, load_keys, write_csv, write_feedback
+from .item_analysis import write_item_analysis
 
 
 def cmd_validate(args) -> int:
@@ -42,6 +43,9 @@ def cmd_grade(args) -> int:
     write_csv(results, args.csv)
     if args.feedback:
         write_feedback(results, keys, args.feedback)
+    if args.item_analysis:
+        paths = write_item_analysis(results, args.item_analysis)
+        print(f"item analysis -> {paths['csv']}, plot in {paths['html']}")
     for result in results:
         print(f"{result.response_path.name}: {result.student or '?'} {result.score:g}/{result.max_score:g} "
               f"[{result.status}]")
@@ -95,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--responses", required=True, help="a response file or a folder of *.json")
     grade.add_argument("--csv", required=True, help="where to write the score table")
     grade.add_argument("--feedback", help="folder for per-student feedback Markdown")
+    grade.add_argument("--item-analysis", help="folder for item_analysis.csv and summary.html (difficulty, "
+                       "discrimination, items strong students miss)")
     grade.set_defaults(run=cmd_grade)
 
     export = commands.add_parser("export", help="export the bank for an LMS")

@@ -2,8 +2,9 @@
 
 The JSON Schema (quiz/schema.json) checks structure; `bank_problems` adds the
 rules a schema cannot express: unique ids, exactly one correct option for
-single choice, formulas that exist and accept exactly the declared parameters,
-prompt placeholders that match the parameters.
+single choice, options of similar length, formulas that exist and accept exactly
+the declared parameters, prompt placeholders that match the parameters, and no
+test-wise strategy (longest option, first option, ...) beating chance over the bank.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jsonschema
 import yaml
 
 from . import formulas
+from .testwise import strategy_problems
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUIZ_DIR = REPO_ROOT / "quiz"
@@ -26,6 +28,8 @@ SCHEMA_PATH = QUIZ_DIR / "schema.json"
 SAMPLES_DIR = QUIZ_DIR / "samples"
 
 LECTURES = range(1, 8)
+# Options of one question may differ in length by this factor at most: length must not hint at the key.
+MAX_OPTION_LENGTH_RATIO = 1.6
 LECTURE_TITLES: dict[int, str] = {}  # filled from the bank files
 
 
@@ -65,6 +69,9 @@ def bank_problems(bank_files: dict[Path, dict], schema: dict | None = None) -> l
             if int(question["id"][1]) != document["lecture"]:
                 problems.append(f"{where}: id prefix does not match lecture {document['lecture']}")
             problems.extend(f"{where}: {message}" for message in _question_problems(question))
+    if not problems:
+        questions = [q for document in bank_files.values() for q in document["questions"]]
+        problems.extend(strategy_problems(questions))
     return problems
 
 
@@ -79,8 +86,12 @@ def _question_problems(question: dict) -> list[str]:
             problems.append("duplicate choice texts")
         if kind == "single" and num_correct != 1:
             problems.append(f"single choice needs exactly one correct option, has {num_correct}")
-        if kind == "multi" and (num_correct < 2 or num_wrong < 1):
-            problems.append("multi select needs at least two correct and one wrong option")
+        if kind == "multi" and (num_correct < 1 or num_wrong < 1):
+            problems.append("multi select needs at least one correct and one wrong option")
+        lengths = [len(text) for text in texts]
+        if max(lengths) > MAX_OPTION_LENGTH_RATIO * min(lengths):
+            problems.append(f"option lengths {min(lengths)} to {max(lengths)} characters differ by more than "
+                            f"{MAX_OPTION_LENGTH_RATIO}x: length hints at the key")
         return problems
     if kind == "numeric":
         return _numeric_problems(question)

@@ -3,9 +3,12 @@
 - Moodle GIFT (plain text, one question per block, categories per lecture).
 - Canvas-compatible QTI 1.2: a zip with imsmanifest.xml and one assessment XML.
 
-LMS questions are not per-student draws: choice options keep bank order (the LMS
-shuffles them itself) and numeric questions use the default parameters, with the
-tolerance turned into an absolute margin for that default answer.
+LMS questions are not per-student draws: choice options are written in a fixed
+shuffled order (testwise.export_order), so even an LMS that does not shuffle shows
+no bank order; QTI also sets shuffle="Yes", and Moodle's quiz setting "Shuffle
+within questions" (on by default) reshuffles GIFT options per attempt. Numeric
+questions use the default parameters, with the tolerance turned into an absolute
+margin for that default answer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from xml.etree import ElementTree as ET
 
 from . import bank as bank_module
 from .generate import COURSE_TITLE
+from .testwise import export_order
 
 GIFT_SPECIAL = "\\~=#{}:"
 
@@ -61,11 +65,11 @@ def question_to_gift(question: dict) -> str:
     kind = question["kind"]
     if kind == "single":
         options = [("=" if choice.get("correct") else "~") + gift_escape(choice["text"])
-                   for choice in question["choices"]]
+                   for choice in export_order(question)]
     elif kind == "multi":
         right, wrong = multi_weights(sum(bool(c.get("correct")) for c in question["choices"]))
         options = [f"~%{right if choice.get('correct') else wrong}%" + gift_escape(choice["text"])
-                   for choice in question["choices"]]
+                   for choice in export_order(question)]
     elif kind == "truefalse":
         options = ["TRUE" if question["answer"] else "FALSE"]
     else:
@@ -121,7 +125,7 @@ def _choice_options(question: dict) -> list[tuple[str, str, bool]]:
     if question["kind"] == "truefalse":
         return [("T", "True", question["answer"] is True), ("F", "False", question["answer"] is False)]
     return [(string.ascii_uppercase[i], choice["text"], bool(choice.get("correct")))
-            for i, choice in enumerate(question["choices"])]
+            for i, choice in enumerate(export_order(question))]
 
 
 def question_to_qti_item(section, question: dict) -> None:
@@ -153,7 +157,7 @@ def question_to_qti_item(section, question: dict) -> None:
         options = _choice_options(question)
         cardinality = "Multiple" if kind == "multi" else "Single"
         response = _sub(presentation, "response_lid", ident="response1", rcardinality=cardinality)
-        render = _sub(response, "render_choice")
+        render = _sub(response, "render_choice", shuffle="No" if kind == "truefalse" else "Yes")
         for label, text, _ in options:
             _material(_sub(render, "response_label", ident=label), text)
         condition = _sub(processing, "respcondition", **{"continue": "No"})

@@ -13,6 +13,7 @@ as GPU datasheets quote it.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Callable
 
 GIB = 2**30
@@ -87,8 +88,25 @@ def littles_law_concurrency(arrival_rate_per_s: float, latency_s: float) -> floa
 
 @formula
 def nearest_rank_percentile_index(num_samples: int, percentile: float) -> float:
-    """1-based rank of the p-th percentile sample (nearest-rank method)."""
-    return math.ceil(percentile / 100.0 * num_samples)
+    """1-based rank of the p-th percentile sample (nearest-rank method).
+
+    Exact arithmetic: in floats 99.9 / 100 * 1000 is 999.0000000000001, whose ceiling is 1000.
+    """
+    return float(math.ceil(Fraction(str(percentile)) / 100 * num_samples))
+
+
+@formula
+def linear_layer_arithmetic_intensity(tokens: int, d_in: int, d_out: int, precision: str) -> float:
+    """FLOP per byte of a [tokens x d_in] @ [d_in x d_out] layer, each tensor's bytes counted once."""
+    flops = 2 * tokens * d_in * d_out
+    tensor_bytes = (d_in * d_out + tokens * (d_in + d_out)) * bytes_per_element(precision)
+    return flops / tensor_bytes
+
+
+@formula
+def roofline_attainable_tflops(intensity_flop_per_byte: float, peak_tflops: float, bandwidth_tb_s: float) -> float:
+    """Roofline: min(peak compute, intensity x memory bandwidth)."""
+    return min(peak_tflops, intensity_flop_per_byte * bandwidth_tb_s)
 
 
 # --- Lectures 2 and 3: engines, memory traffic, model size ------------------
@@ -238,6 +256,22 @@ def speculative_expected_tokens(acceptance_rate: float, num_draft_tokens: int) -
 
 
 @formula
+def speculative_speedup(acceptance_rate: float, num_draft_tokens: int, draft_cost_ratio: float) -> float:
+    """Wall-clock speedup of speculative decoding over plain decoding (Leviathan et al. 2023).
+
+    Tokens per target pass divided by the cost of one round: k draft steps of relative cost c
+    plus one target pass, i.e. E / (k * c + 1).
+    """
+    return speculative_expected_tokens(acceptance_rate, num_draft_tokens) / (num_draft_tokens * draft_cost_ratio + 1.0)
+
+
+@formula
+def pipeline_bubble_fraction(num_stages: int, num_microbatches: int) -> float:
+    """Idle fraction of a GPipe schedule: (p - 1) / (m + p - 1)."""
+    return (num_stages - 1) / (num_microbatches + num_stages - 1)
+
+
+@formula
 def prefill_time_ms(params_billion: float, prompt_tokens: int, peak_tflops: float, mfu: float) -> float:
     """Compute-bound prefill: about 2 FLOPs per parameter per token (attention ignored)."""
     flops = 2.0 * params_billion * 1e9 * prompt_tokens
@@ -293,3 +327,9 @@ def tpot_ms(e2e_latency_ms: float, ttft_ms: float, output_tokens: int) -> float:
 def static_batch_kv_waste_fraction(max_seq_len: int, mean_seq_len: int) -> float:
     """Fraction of a max-length KV reservation left unused on average."""
     return 1.0 - mean_seq_len / max_seq_len
+
+
+@formula
+def cascade_cost_per_request_ms(cheap_ms: float, large_ms: float, escalated_fraction: float) -> float:
+    """A cascade always runs the cheap model and adds the large one for escalated requests."""
+    return cheap_ms + escalated_fraction * large_ms

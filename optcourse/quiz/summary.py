@@ -17,6 +17,7 @@ from . import bank as bank_module
 from .export import export_gift, export_qti
 from .generate import build_quiz, write_quiz
 from .grade import grade_all
+from .testwise import MAX_GAIN_OVER_CHANCE, export_order, presented_questions, strategy_scores
 
 MIN_BANK_SIZE = 63
 MIN_PER_LECTURE = 8
@@ -77,6 +78,10 @@ def summary(tmpdir) -> list[dict]:
     rows.append(_row("bank size (questions)", len(questions), f">= {MIN_BANK_SIZE}", len(questions) >= MIN_BANK_SIZE))
     fewest = min(per_lecture.get(lecture, 0) for lecture in bank_module.LECTURES)
     rows.append(_row("questions in smallest lecture", fewest, f">= {MIN_PER_LECTURE}", fewest >= MIN_PER_LECTURE))
+
+    best = max(strategy_scores(presented_questions(questions, export_order)), key=lambda result: result.gain)
+    rows.append(_row("best test-wise strategy gain over chance (points)",
+                     round(best.gain, 1), f"<= {MAX_GAIN_OVER_CHANCE:g}", best.gain <= MAX_GAIN_OVER_CHANCE))
 
     student_quiz, key = build_quiz(questions, "summary-student", seed=1, num_questions=QUIZ_LENGTH)
     paths = write_quiz(student_quiz, key, tmpdir / "students", tmpdir / "keys")

@@ -9,6 +9,7 @@ import pytest
 from optcourse.quiz import bank as bank_module
 from optcourse.quiz.__main__ import main
 from optcourse.quiz.export import export_gift, export_qti, gift_escape, question_to_gift
+from optcourse.quiz.testwise import export_order
 
 QTI = "{http://www.imsglobal.org/xsd/ims_qtiasiv1p2}"
 MANIFEST = "{http://www.imsglobal.org/xsd/imsccv1p1/imscp_v1p1}"
@@ -95,7 +96,7 @@ def test_gift_round_trip_preserves_questions_and_answers(questions, tmp_path):
             assert entry["text"].startswith(bank_module.render_prompt(question))
         else:
             assert entry["text"] == question["prompt"]
-            texts = [c["text"] for c in question["choices"]]
+            texts = [c["text"] for c in export_order(question)]
             assert [text for text, _ in entry["options"]] == texts
             correct = {c["text"] for c in question["choices"] if c.get("correct")}
             if question["kind"] == "single":
@@ -119,7 +120,7 @@ def test_gift_escapes_every_special_character():
     entry = parse_gift(gift)[0]
     assert entry["text"] == nasty
     assert entry["feedback"] == "why: {x} = ~y # z"
-    assert entry["options"][0] == ("=~#{}:", 100.0)
+    assert ("=~#{}:", 100.0) in entry["options"]
     assert gift_escape("50:50") == "50\\:50"
 
 
@@ -164,7 +165,8 @@ def test_qti_zip_has_manifest_and_well_formed_assessment(questions, tmp_path):
             assert fields["question_type"] == "true_false_question"
             assert label_texts[condition.findtext(f"{QTI}varequal")] == str(question["answer"])
             continue
-        assert [label_texts[l.get("ident")] for l in labels] == [c["text"] for c in question["choices"]]
+        assert [label_texts[l.get("ident")] for l in labels] == [c["text"] for c in export_order(question)]
+        assert lid.find(f"{QTI}render_choice").get("shuffle") == "Yes"
         correct = {c["text"] for c in question["choices"] if c.get("correct")}
         if question["kind"] == "single":
             assert lid.get("rcardinality") == "Single"
@@ -184,3 +186,13 @@ def test_cli_export_both_formats_and_lecture_filter(tmp_path, questions):
     assert len(parsed) == sum(q["lecture"] == 7 for q in questions)
     assert main(["export", "--format", "qti", "--out", str(tmp_path / "all.zip")]) == 0
     assert zipfile.is_zipfile(tmp_path / "all.zip")
+
+
+def test_exports_do_not_keep_the_bank_order(questions, tmp_path):
+    """A correct option's bank position must not survive into the export (the LMS may not shuffle)."""
+    choice_questions = [q for q in questions if q["kind"] in ("single", "multi")]
+    parsed = {entry["title"]: entry for entry in parse_gift(export_gift(questions, tmp_path / "b.gift").read_text())}
+    moved = sum([text for text, _ in parsed[q["id"]]["options"]] != [c["text"] for c in q["choices"]]
+                for q in choice_questions)
+    assert moved > 0.6 * len(choice_questions)
+    assert export_order(choice_questions[0]) == export_order(choice_questions[0])  # stable across runs

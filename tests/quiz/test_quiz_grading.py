@@ -16,12 +16,12 @@ SAMPLES = bank_module.SAMPLES_DIR
 SAMPLE_KEY = SAMPLES / "key" / "key_sample.json"
 RESPONSES = SAMPLES / "responses"
 
-# Computed by hand from the answers chosen in quiz/samples/make_samples.py (37 points in total):
-# partial = 1 + 2 + 4/3 + 0 + 0 + 1 + 1 + 4/3 + 1 + 1 + 0 + 0 + 2 + 0 + 1 + 0 + 1 + 2 + 1 + 2 + 0 + 2 + 4/3 + 1 + 0
+# Computed by hand from the answers chosen in quiz/samples/make_samples.py (36 points in total):
+# partial = 1 + 2 + 1 + 0 + 0 + 1 + 1 + 1 + 1 + 1 + 0 + 0 + 2 + 2 + 1 + 0 + 1 + 1 + 2 + 0 + 1 + 1 + 0 + 2 + 0
 EXPECTED = {
-    "perfect.json": (37.0, "ok"),
-    "partial.json": (23.0, "ok"),
-    "missing_and_wrong_type.json": (27.0, "problems"),  # loses 1 + 2 + 2 + 1 + 1 + 1 + 2
+    "perfect.json": (36.0, "ok"),
+    "partial.json": (22.0, "ok"),
+    "missing_and_wrong_type.json": (26.0, "problems"),  # loses 1 + 2 + 2 + 1 + 1 + 1 + 2
     "wrong_quiz_id.json": (0.0, "rejected"),
     "malformed.json": (0.0, "rejected"),
 }
@@ -51,20 +51,21 @@ def test_expected_scores_file_agrees_with_this_test():
 
 def test_partial_sample_question_by_question(results):
     by_number = {q.number: q for q in results["partial.json"].questions}
-    assert by_number[3].earned == pytest.approx(4 / 3) and by_number[3].status == "partial"  # 3 right + 1 wrong
-    assert by_number[8].earned == pytest.approx(4 / 3)  # 2 of 3 right, none wrong
-    assert by_number[14].earned == 0  # 1 right, 2 wrong: floored
+    assert by_number[3].earned == pytest.approx(1.0) and by_number[3].status == "partial"  # 2 right + 1 wrong of 2
+    assert by_number[8].earned == pytest.approx(1.0)  # 1 of 2 right, none wrong
+    assert by_number[14].earned == 2  # all 4 of 4 right
+    assert by_number[23].earned == 0 and by_number[23].status == "wrong"  # 1 right, 2 wrong of 1: floored
     assert by_number[1].status == "correct"  # lower-case label accepted
     assert by_number[12].earned == 0  # off by one on an exact integer answer
     assert by_number[13].earned == 2  # 0.8% off with 1% tolerance
-    assert by_number[21].earned == 0  # 2.4% off with 1% tolerance
+    assert by_number[20].earned == 0  # 2.4% off with 1% tolerance
 
 
 def test_problem_sample_reports_each_problem_clearly(results):
     problems = "\n".join(results["missing_and_wrong_type.json"].problems)
     assert "unknown question id 'l9-bogus'" in problems
     assert problems.count("no answer given") == 2
-    assert "expected a number" in problems and "got a string '100'" in problems
+    assert "expected a number" in problems and "got a string '30'" in problems
     assert "expected a list of option labels" in problems
     assert "expected true or false" in problems
     assert "'Z' is not one of the options" in problems
@@ -145,12 +146,12 @@ def test_cli_grades_a_folder_writes_csv_and_feedback_and_signals_problems(tmp_pa
     assert status == 1  # some sample files have problems
     rows = {row["response_file"]: row for row in csv.DictReader(csv_path.open())}
     assert {name: float(rows[name]["score"]) for name in EXPECTED} == {n: s for n, (s, _) in EXPECTED.items()}
-    assert rows["partial.json"]["max_score"] == "37" and rows["partial.json"]["answered"] == "25"
-    assert float(rows["partial.json"]["lecture1"]) == pytest.approx(1 + 2 + 4 / 3, abs=1e-3)
+    assert rows["partial.json"]["max_score"] == "36" and rows["partial.json"]["answered"] == "25"
+    assert float(rows["partial.json"]["lecture1"]) == pytest.approx(1 + 2 + 1, abs=1e-3)
     partial_feedback = (feedback / "partial.feedback.md").read_text()
     key = json.loads(SAMPLE_KEY.read_text())
     assert all(question["explanation"] in partial_feedback for question in key["questions"])
-    assert "Score: **23 / 37**" in partial_feedback
+    assert "Score: **22 / 36**" in partial_feedback
     assert "not valid JSON" in (feedback / "malformed.feedback.md").read_text()
 
 
