@@ -1,5 +1,7 @@
-"""Runs INSIDE the student's kernel: each test runs with the machinery, library functions and test helpers
-the instructor gave, whatever the notebook changed before it.
+"""Runs INSIDE the student's kernel: before each test the kernel is put back as the instructor gave it, and
+what had to be undone is reported for review. Tests themselves run in the trusted runner (``tester.py``), so
+no verdict rests on this module; it keeps the kernel-side computations that tests read honest and tells the
+instructor which submissions tampered.
 
 ``kernel.py`` starts ipykernel with ``install(...)`` as a startup line, before any student code: it records
 what tests rely on (``WATCHED`` modules' functions and classes, plus the lab's own, e.g. ``torch``) and

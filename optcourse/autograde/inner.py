@@ -4,7 +4,9 @@ It runs as root of the sandbox's own mount, network and PID namespaces, chroot'e
 holds only system files, the Python environment, the course library and ``/grading`` (one
 student's copy of the course: the lab's files without its notebooks, a throw-away gradebook that
 knows this lab's cells and hidden tests, and this one submission). nbgrader's autograde runs here
-and starts the student's kernel through ``optcourse.autograde.kernel`` (unprivileged uid, rlimits).
+and starts the student's kernel through ``optcourse.autograde.kernel`` (unprivileged uid, rlimits); the test
+cells do not run in that kernel but in the trusted runner ``tester.py``, which calls into the kernel
+through ``remote.py``.
 It writes ``/grading/result.json`` with each graded cell's score and its error name and message;
 the trusted parent validates that, scrubs the messages and writes the real gradebook.
 """
@@ -69,9 +71,12 @@ def _sandbox_execute():
                 if self._tester is not None:
                     self._tester.stop()
 
-        def _run_test(self, cell) -> None:
+        def _run_test(self, cell) -> str:
             """Run a test cell in the trusted runner (``tester.py``) with the kernel answering its questions, and
-            write what it printed and how it failed as the cell's outputs (what nbgrader scores)."""
+            write what it printed and how it failed as the cell's outputs (what nbgrader scores). Returns what
+            became of the kernel: "ok", "died" or "stuck" (it did not come back after the test was stopped)."""
+            import asyncio
+
             from jupyter_core.utils import run_sync
 
             from optcourse.autograde.remote import serve_expression
@@ -92,13 +97,29 @@ def _sandbox_execute():
                                           evalue=str(err.get("evalue", "")), traceback=list(err.get("traceback", []))))
             cell.outputs = outputs
             if not sent:
-                return
+                return "ok"
+            if not self._kernel_alive():  # the notebook's function ended Python (a crash, os._exit)
+                return "died"
             if report.get("timed_out"):  # the kernel may still be inside the notebook's function
                 self.km.interrupt_kernel()
             try:
-                run_sync(self.async_wait_for_reply)(sent[0])
-            except Exception:  # noqa: BLE001 - a kernel that does not come back is stopped like a stuck one
-                self._stopped = "not run: the kernel did not come back from an earlier test"
+                run_sync(asyncio.wait_for)(self.async_wait_for_reply(sent[0]), 30)
+            except Exception:  # noqa: BLE001 - a kernel that does not come back after the interrupt is stuck
+                return "stuck" if self._kernel_alive() else "died"
+            return "ok"
+
+        def _kernel_alive(self) -> bool:
+            import inspect
+
+            from jupyter_core.utils import run_sync
+
+            alive = self.km.is_alive()
+            if inspect.isawaitable(alive):
+                async def wait(awaitable):
+                    return await awaitable
+
+                alive = run_sync(wait)(alive)
+            return bool(alive)
 
         def _guard_kernel(self) -> tuple[bool, str]:
             """Put the kernel back as the instructor gave it (``guard.before_test``), through an execute
@@ -135,10 +156,12 @@ def _sandbox_execute():
                         f"runs code: {restored}); the test was not run"))]
                     return cell, resources
             try:
-                if _is_test(cell):
-                    self._run_test(cell)
-                else:
+                if not _is_test(cell):
                     cell, resources = super().preprocess_cell(cell, resources, index)
+                elif (kernel_state := self._run_test(cell)) == "died":
+                    raise DeadKernelError("the kernel died during a test")
+                elif kernel_state == "stuck":
+                    cell.outputs.append(new_output("error", ename="CellTimeoutError", evalue="", traceback=[]))
                 if restored:  # said first in the cell's output; the parent reports it to the instructor
                     from optcourse.autograde.guard import MARK
 
@@ -154,7 +177,7 @@ def _sandbox_execute():
             # a failed or stopped cell: what it left running is garbage, and copies of the kernel made by
             # os.fork share its sockets (they answer later cells from their own state)
             uid = int(os.environ["OPTCOURSE_SANDBOX_UID"])
-            stuck = "CellTimeoutError" in names and "KeyboardInterrupt" not in names
+            stuck = "CellTimeoutError" in names and "KeyboardInterrupt" not in names  # a test: set just above
             kernel = getattr(getattr(self.km.provisioner, "process", None), "pid", None)
             strays = _kill_strays(uid, spare=None if stuck else kernel)
             if stuck:

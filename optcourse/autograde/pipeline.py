@@ -355,7 +355,7 @@ def _known_exception(ename: str) -> str | None:
 
 
 def _reason(ename: str, evalue: str, info: LabInfo, limits: Limits) -> str:
-    if ename in ("CellTimeoutError", "KeyboardInterrupt"):
+    if ename in ("CellTimeoutError", "TestTimeoutError", "KeyboardInterrupt"):
         return f"the cell ran longer than the {limits.cell_timeout_s} s limit and was stopped"
     if ename in SANDBOX_ERRORS:  # written by the grader's own Execute (inner.py), not by the notebook
         return scrub(evalue, info.hidden)

@@ -20,9 +20,11 @@ source, its expected values or the runner's memory, and cannot change how an ass
 from __future__ import annotations
 
 import base64
+import collections.abc
 import dataclasses
 import importlib
 import io
+import itertools
 import json
 import math
 import os
@@ -31,6 +33,7 @@ import socket
 import struct
 import sys
 
+MAX_ITEMS = 1_000_000        # items of a test's iterator passed to the notebook's code
 MAX_FRAME = 512 << 20        # one message; a kernel cannot make the runner hold more than this at once
 TRUSTED_PREFIXES = ("optcourse.",)   # library modules whose dataclasses and exceptions cross by name
 MODULE_PREFIXES = ("optcourse.", "torch.nn.")  # torch modules of these classes cross by value
@@ -154,6 +157,16 @@ class Codec:
             return {"$bytes": base64.b64encode(bytes(value)).decode()}
         if isinstance(value, pathlib.PurePath):
             return {"$path": str(value)}
+        if isinstance(value, range):
+            return {"$range": [value.start, value.stop, value.step]}
+        if isinstance(value, (collections.abc.KeysView, collections.abc.ValuesView)):
+            return {"$list": [enc(v) for v in value]}
+        if self.trusted_side and isinstance(value, collections.abc.Iterator) and not callable(value):
+            # a test's generator (finite: the test's own) crosses as its items, an iterator again over there
+            items = list(itertools.islice(value, MAX_ITEMS + 1))
+            if len(items) > MAX_ITEMS:
+                raise TypeError(f"an iterator of more than {MAX_ITEMS} items cannot be passed to the notebook's code")
+            return {"$iter": [enc(v) for v in items]}
         np = sys.modules.get("numpy")
         if np is not None:
             if isinstance(value, np.ndarray) and value.dtype != object:
@@ -247,6 +260,11 @@ class Codec:
                 return {dec(k): dec(v) for k, v in data[tag]}
             if tag == "$set":
                 return {dec(v) for v in data[tag]}
+            if tag == "$range":
+                start, stop, step = (int(v) for v in data[tag])
+                return range(start, stop, step)
+            if tag == "$iter":
+                return iter([dec(v) for v in data[tag]])
             if tag == "$bigint":
                 return int(data[tag])
             if tag == "$float":

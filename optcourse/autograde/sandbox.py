@@ -23,6 +23,7 @@ The sandbox returns ``result.json``; it never writes the real gradebook (see ``p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -39,6 +40,24 @@ from optcourse.paths import PACKAGE_DIR, REPO_ROOT
 SANDBOX_ROOT = "/grading"
 KERNEL_NAME = "optcourse-sandbox"
 UID_BASE = 720000  # uids with no passwd entry, far from real users; one per submission slot
+USERNS_BASE = 900000  # host uids of the sandboxes' user namespaces: a slot's root and kernel (see userns.py)
+
+
+def outer_uid(uid: int) -> int:
+    """The host uid that the sandbox's root maps to for the slot whose kernel uid is ``uid`` (the kernel's
+    is the next one)."""
+    return USERNS_BASE + 2 * (uid - UID_BASE)
+
+
+@functools.lru_cache(maxsize=1)
+def user_namespace_available() -> tuple[bool, str]:
+    """Whether this host lets root create a user namespace and map it (see ``userns.py``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    probe = subprocess.run([sys.executable, "-m", "optcourse.autograde.userns", "/proc", str(USERNS_BASE),
+                            str(UID_BASE), "--", "true"], capture_output=True, text=True, env=env)
+    if probe.returncode != 0:
+        return False, f"no user namespace: {probe.stderr.strip()[:200]}"
+    return True, "user namespace available"
 
 
 @dataclasses.dataclass
@@ -171,8 +190,11 @@ LOOPBACK_UP = ("import fcntl, socket, struct\n"
                "fcntl.ioctl(s, 0x8914, struct.pack('16sh', b'lo', flags | 1))  # SIOCSIFFLAGS: IFF_UP\n")
 
 
-def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
+def _mount_script(new_root: str, grading: str, limits: Limits, uid: int = UID_BASE, owner: int | None = None) -> str:
+    """The sandbox's start script, run as host root in its new namespaces: build the root, then start the
+    grading step chroot'ed; with ``owner``, inside a user namespace whose root is that host uid."""
     q = shlex.quote
+    own = f",uid={owner},gid={owner}" if owner is not None else ""
     lines = ["set -e", f"N={q(new_root)}", 'mount -t tmpfs -o mode=0755,size=16m tmpfs "$N"',
              # /tmp first: a repository or venv that lives under /tmp is bound on top of it below
              f'mkdir -p "$N"/tmp && mount -t tmpfs -o mode=1777,size={limits.tmp_bytes} tmpfs "$N"/tmp']
@@ -191,7 +213,7 @@ def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
         # size-limited tmpfs, not the host's disk: nbgrader's output (root only: the notebook there holds the
         # hidden tests, and a student's symlink there must not redirect nbgrader's writes), the kernel's
         # working folder and its HOME (given to the kernel's user by kernel.py)
-        *[f'mount -t tmpfs -o mode=0700,size={limits.work_bytes} tmpfs "$N"{SANDBOX_ROOT}/{sub}'
+        *[f'mount -t tmpfs -o mode=0700,size={limits.work_bytes}{own} tmpfs "$N"{SANDBOX_ROOT}/{sub}'
           for sub in ("autograded", "work", "home")],
         'mkdir -p "$N"/dev "$N"/proc',
         'mount -t tmpfs -o mode=0755,size=1m tmpfs "$N"/dev',
@@ -204,8 +226,16 @@ def _mount_script(new_root: str, grading: str, limits: Limits) -> str:
         # the kernel's ZMQ sockets use this namespace's own loopback: bring it up (an ioctl, so that a machine
         # without iproute2's `ip`, like a bare GPU image, needs nothing more)
         f"{q(sys.executable)} -c {q(LOOPBACK_UP)}",
-        f'exec {q(shutil.which("chroot") or "/usr/sbin/chroot")} "$N" {q(sys.executable)} -m optcourse.autograde.inner {SANDBOX_ROOT}',
     ]
+    python = q(sys.executable)
+    grade = f"{python} -m optcourse.autograde.inner {SANDBOX_ROOT}"
+    if owner is not None:  # the mounts above need host root; what runs in the new root does not
+        grade = f"{python} -m optcourse.autograde.userns /proc {owner} {uid} -- {grade}"
+    # pivot_root, then detach the host's tree: unlike chroot, nothing of the host stays reachable, and a user
+    # namespace can be created in there (the kernel refuses one to a chroot'ed process)
+    pivot = q(shutil.which("pivot_root") or "/usr/sbin/pivot_root")  # sbin: not on the sandbox's PATH
+    lines += ['mkdir "$N"/.host', 'cd "$N"', f"{pivot} . .host", "cd /", "umount -l /.host", "rmdir /.host",
+              f"exec {grade}"]
     return "\n".join(lines)
 
 
@@ -272,12 +302,17 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
            "keep_notebook": keep_notebook, "watch": list(watch or [])}
     (grading / "job.json").write_text(json.dumps(job))
     os.chmod(grading / "job.json", 0o600)
+    if user_namespace_available()[0]:  # the sandbox's root is outer_uid(uid) on the host: give it its files
+        owner = outer_uid(uid)
+        for path in [jail, *jail.rglob("*")]:
+            os.lchown(path, owner, owner)
     return jail
 
 
 def run_jail(jail: pathlib.Path, uid: int, limits: Limits) -> SandboxRun:
     """Execute the prepared jail in fresh namespaces; kill everything at the notebook time limit."""
-    script = _mount_script(str(jail / "root"), str(jail / "grading"), limits)
+    owner = outer_uid(uid) if user_namespace_available()[0] else None
+    script = _mount_script(str(jail / "root"), str(jail / "grading"), limits, uid, owner)
     cmd = ["unshare", "--mount", "--net", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
            "--propagation", "private", "--", "sh", "-c", script]
     group = Cgroup(jail.name, limits)

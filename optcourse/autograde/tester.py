@@ -256,7 +256,7 @@ class RunnerProcess:
         except TimeoutError:
             self.stop()
             return {"stdout": "", "stderr": "", "timed_out": True, "error": {
-                "ename": "TimeoutError", "traceback": [],
+                "ename": "TestTimeoutError", "traceback": [],
                 "evalue": f"the test did not finish within {timeout:.0f} s (the notebook's code it calls ran too long)"}}
         except (RuntimeError, ValueError, OSError) as exc:
             self.stop()

@@ -38,6 +38,12 @@ def test_data_crosses_by_value():
     assert isinstance(got["s"], np.float32) and got["big"] == 2 ** 70 and str(got["p"]) == "out/m.onnx"
 
 
+def test_ranges_and_a_tests_iterators_cross_as_such():
+    (r, it, keys), kept = _roundtrip((range(2, 9, 3), (i * i for i in range(4)), {"a": 1}.keys()))
+    assert not kept and r == range(2, 9, 3) and list(it) == [0, 1, 4, 9] and keys == ["a"]
+    assert iter([]).__class__ is type(_roundtrip(iter([1]))[0])
+
+
 def test_tensors_keep_dtype_values_and_leaf_gradient_flag():
     x = torch.randn(3, 4).to(torch.bfloat16)
     y = torch.ones(2, requires_grad=True)
@@ -218,5 +224,5 @@ def test_failures_are_the_tests_own(runner, kernel, source, ename):
 
 def test_a_test_that_runs_too_long_is_stopped(runner, kernel):
     report = _run(runner, kernel, "import time\ntime.sleep(30)", timeout=2.0)
-    assert report.get("timed_out") and report["error"]["ename"] == "TimeoutError"
+    assert report.get("timed_out") and report["error"]["ename"] == "TestTimeoutError"
     assert _run(runner, kernel, "assert helper(2) == 3")["error"] is None  # a fresh runner serves the next test
