@@ -174,3 +174,17 @@ def test_lab_grading_counts_points_by_kind():
     grading = sd.lab_grading(LABS[0])
     assert grading.points == grading.auto_points + grading.manual_points > 0
     assert 0 < grading.hidden_test_cells <= grading.test_cells
+
+
+def test_the_student_image_builds_from_the_distribution_by_the_dockerfile_rules(dist):
+    """The Dockerfile's rules (tests/test_environment_files.py) hold with the distribution as the build
+    context; its student stage refuses a context that holds solutions/."""
+    from tests.test_environment_files import dockerfile_problems, dockerignore_patterns, dockerignored
+
+    folder = dist[0]
+    patterns = dockerignore_patterns((folder / ".dockerignore").read_text())
+    context = {f for f in shipped(folder) if not dockerignored(f, patterns)}
+    dockerfile = (folder / "Dockerfile").read_text()
+    assert not dockerfile_problems(dockerfile, context, (folder / "Makefile").read_text())
+    student_stage = dockerfile.split(" AS student", 1)[1].split("\nFROM ", 1)[0]
+    assert "[ -e solutions ]" in student_stage and "exit 1" in student_stage
