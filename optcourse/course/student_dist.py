@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import fnmatch
 import json
 import pathlib
 import shutil
@@ -26,7 +25,7 @@ import nbformat
 import yaml
 
 from optcourse.paths import REPO_ROOT
-from optcourse.release import SOLUTIONS_DIR, lab_names, nbgrader_config
+from optcourse.release import SOLUTIONS_DIR, ignored, lab_names, nbgrader_config
 
 BUILD_DIR = REPO_ROOT / "build" / "student-dist"
 LIBRARY = "optcourse"
@@ -142,17 +141,12 @@ def library_closure(notebooks: list[pathlib.Path], modules: tuple[str, ...] = EN
 # What ships, and the README
 # ---------------------------------------------------------------------------------------------------
 
-def ignored(path: pathlib.Path, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(part, pattern) for part in path.parts for pattern in patterns)
-
-
 def student_files(root: pathlib.Path = REPO_ROOT) -> list[pathlib.Path]:
     """Every repository file the distribution holds, relative to ``root`` (the README is written apart)."""
-    patterns = list(nbgrader_config().CourseDirectory.ignore)
     files = {pathlib.Path(name) for name in STUDENT_FILES}
     for tree in STUDENT_TREES:
         files |= {p.relative_to(root) for p in (root / tree).rglob("*")
-                  if p.is_file() and not ignored(p.relative_to(root / tree), patterns)}
+                  if p.is_file() and not ignored(p.relative_to(root / tree))}
     notebooks = [p for pattern in ENTRY_NOTEBOOKS for p in sorted(root.glob(pattern))]
     files |= {p.relative_to(root) for p in library_closure(notebooks, root=root)}
     return sorted(files)
