@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import zipfile
 
 import nbformat
@@ -19,7 +25,7 @@ import pytest
 
 from optcourse.course import student_dist as sd
 from optcourse.paths import REPO_ROOT
-from optcourse.release import SOLUTIONS_DIR, lab_names
+from optcourse.release import SOLUTIONS_DIR, lab_names, nbgrader_config
 
 LABS = lab_names()
 
@@ -107,8 +113,10 @@ def test_instructor_material_stays_out(dist):
         assert not any(f.startswith(prefix) for f in files), prefix
     assert not any(pathlib.PurePath(f).name in ("notes.md", "mistakes.yaml", "gradebook.db") for f in files)
     assert not any("outputs" in pathlib.PurePath(f).parts or ".ipynb_checkpoints" in f for f in files)
-    assert not any(f.startswith("optcourse/") and f.endswith(".py") and
-                   f[:-3].replace("/", ".") not in reachable_modules(dist[0]) for f in files)
+    reachable = reachable_modules(dist[0])
+    unreachable = [f for f in files if f.startswith("optcourse/") and f.endswith(".py")
+                   and f[:-3].replace("/", ".") not in reachable]
+    assert not unreachable, "library modules nothing of the student's imports"
 
 
 def reachable_modules(folder: pathlib.Path) -> set[str]:
@@ -188,3 +196,79 @@ def test_the_student_image_builds_from_the_distribution_by_the_dockerfile_rules(
     assert not dockerfile_problems(dockerfile, context, (folder / "Makefile").read_text())
     student_stage = dockerfile.split(" AS student", 1)[1].split("\nFROM ", 1)[0]
     assert "[ -e solutions ]" in student_stage and "exit 1" in student_stage
+
+
+def make_lab_command(folder: pathlib.Path, port: int) -> str:
+    """What `make lab` runs in the distribution (make -n: printed, not run)."""
+    result = subprocess.run(["make", "-n", "lab", "ENV_READY=1", f"PORT={port}"], cwd=folder, capture_output=True,
+                            text=True, timeout=60, env=student_environment(folder))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def student_environment(folder: pathlib.Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JUPYTER_CONFIG_PATH")}
+    return env | {"PYTHONPATH": str(folder), "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]}
+
+
+def test_validate_in_the_students_jupyterlab_reads_the_courses_nbgrader_config(dist):
+    """nbgrader's Validate handler, with the config path `make lab` gives it, gets the course's cell
+    timeout (not nbgrader's default 30 s)."""
+    folder = dist[0]
+    config_path = re.search(r"JUPYTER_CONFIG_PATH=(\S+)", make_lab_command(folder, 8888)).group(1)
+    code = ("from nbgrader.server_extensions.validate_assignment.handlers import ValidateAssignmentHandler\n"
+            "print(ValidateAssignmentHandler.load_config(None).Execute.timeout)")
+    env = student_environment(folder) | {"JUPYTER_CONFIG_PATH": config_path,
+                                         "JUPYTER_CONFIG_DIR": str(folder / ".cache" / "jupyter" / "config")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    course_timeout = nbgrader_config().Execute.timeout
+    assert course_timeout > 30 and result.stdout.split()[-1] == str(course_timeout)
+
+
+@pytest.mark.slow
+def test_make_lab_serves_the_course_root_without_instructor_extensions(dist):
+    """`make lab` in the distribution: labs/ and lectures/ both reachable, formgrader and the assignment
+    list off, only Validate's nbgrader extension on; as root it passes --allow-root (it would die otherwise)."""
+    folder = dist[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert ("--allow-root" in make_lab_command(folder, port)) == (os.getuid() == 0)
+    log = open(folder.parent / "make-lab.log", "wb")
+    server = subprocess.Popen(["make", "lab", "ENV_READY=1", f"PORT={port}"], cwd=folder,
+                              env=student_environment(folder), stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def status(path: str) -> tuple[int, str]:
+        token = re.search(rb"token=([0-9a-f]+)", (folder.parent / "make-lab.log").read_bytes()).group(1).decode()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}?token={token}", timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if status("/api/status")[0] == 200:
+                    break
+            except (urllib.error.URLError, AttributeError, ConnectionError):
+                pass
+            assert server.poll() is None, (folder.parent / "make-lab.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "JupyterLab did not start in 120 s"
+            time.sleep(1)
+        assert status("/api/contents/labs")[0] == 200 and status("/api/contents/lectures")[0] == 200
+        assert status("/formgrader")[0] == 404 and status("/assignments")[0] == 404
+        page = status("/lab")[1]
+        for plugin in ("formgrader", "create-assignment", "assignment-list", "course-list"):
+            assert f'"@jupyter/nbgrader:{plugin}"' in page.split('"disabledExtensions"', 1)[1].split("]", 1)[0]
+        server_log = (folder.parent / "make-lab.log").read_text()
+        assert "validate_assignment | extension was successfully loaded" in server_log
+        assert "formgrader | extension was successfully loaded" not in server_log
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
