@@ -255,25 +255,27 @@ def secrets(public_library: set[pathlib.Path]) -> list[Secret]:
     return list(unique.values())
 
 
+def json_strings(value) -> list[str]:
+    """Every string in a parsed JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for key, item in value.items() for s in json_strings(key) + json_strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in json_strings(item)]
+    return []
+
+
 def readable_text(name: str, data: bytes) -> str | None:
-    """A file's text for the scan: JSON (notebooks, configs) as its strings, so escaped quotes and line
-    breaks cannot hide a line; None for binary files (model weights)."""
+    """A file's text for the scan: JSON (notebooks, configs) also as its strings, so escaped quotes and
+    line breaks cannot hide a line; None for binary files (model weights)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
     if name.endswith((".ipynb", ".json")):
         try:
-            strings = []
-            def collect(value):
-                if isinstance(value, str):
-                    strings.append(value)
-                elif isinstance(value, dict):
-                    list(map(collect, list(value.keys()) + list(value.values())))
-                elif isinstance(value, list):
-                    list(map(collect, value))
-            collect(json.loads(text))
-            return text + "\n" + "\n".join(strings)
+            return text + "\n" + "\n".join(json_strings(json.loads(text)))
         except json.JSONDecodeError:
             return text
     return text
