@@ -1,10 +1,13 @@
-# GPU image for students and graders: the conda environment of environment.yml on a CUDA host.
-#   docker build -t optcourse .
-#   docker run --gpus all -p 127.0.0.1:8888:8888 optcourse            # JupyterLab (token printed)
-#   docker run --gpus all optcourse make gpu-run                        # the GPU runner (labs + lectures, cuda)
+# GPU images: the conda environment of environment.yml on a CUDA host, in two targets.
+#   instructor (the default): the whole repository (solutions, autograder, quiz bank), for instructors and graders
+#     docker build -t optcourse .
+#     docker run --gpus all optcourse make gpu-run                        # the GPU runner (labs + lectures, cuda)
+#   student: built from the student distribution (make student-dist), never from the repository
+#     docker build --target student -t optcourse-student build/student-dist/advanced-model-optimization
+#   both: docker run --gpus all -p 127.0.0.1:8888:8888 IMAGE            # JupyterLab (token printed)
 # CUDA libraries come with the wheels (torch, tensorrt-cu13, onnxruntime-gpu); the host provides
 # the NVIDIA driver through the NVIDIA Container Toolkit.
-FROM mambaorg/micromamba:2.3.3-ubuntu24.04
+FROM mambaorg/micromamba:2.3.3-ubuntu24.04 AS environment
 
 USER root
 # apt packages follow the pinned Ubuntu release of the base image; exact apt versions would break
@@ -20,12 +23,22 @@ WORKDIR /home/$MAMBA_USER/course
 ENV PIP_NO_CACHE_DIR=1
 COPY --chown=$MAMBA_USER:$MAMBA_USER environment.yml requirements/ ./requirements-src/
 RUN micromamba install -y -n base -f requirements-src/environment.yml && micromamba clean --all --yes
-COPY --chown=$MAMBA_USER:$MAMBA_USER . .
-ARG MAMBA_DOCKERFILE_ACTIVATE=1
-RUN pip install --no-deps -e .
 
 # Offline by design: models ship with the repository and its packages; caches stay in the workspace.
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PROFILE=cuda ENV_READY=1
 EXPOSE 8888
 # inside the container JupyterLab listens on all interfaces; publish it on the host's loopback only
 CMD ["bash", "-lc", "make lab IP=0.0.0.0 PORT=8888"]
+
+FROM environment AS student
+COPY --chown=$MAMBA_USER:$MAMBA_USER . .
+ARG MAMBA_DOCKERFILE_ACTIVATE=1
+# the build context must be the student distribution: a repository context would put every solution
+# into the students' image
+RUN if [ -e solutions ]; then echo "build the student image from build/student-dist/<course>, not the repository" >&2; exit 1; fi \
+    && pip install --no-deps -e .
+
+FROM environment AS instructor
+COPY --chown=$MAMBA_USER:$MAMBA_USER . .
+ARG MAMBA_DOCKERFILE_ACTIVATE=1
+RUN pip install --no-deps -e .

@@ -3,6 +3,7 @@
 #   make test     the whole test suite (what CI runs)
 #   make lab      JupyterLab for students on 127.0.0.1; make validate LAB=... NB=... checks a notebook
 #   make release  regenerate labs/ from solutions/ with nbgrader
+#   make student-dist  what students receive: build/student-dist/<course>/ and its zip (no solutions)
 #   make gpu-run  the GPU runner: labs and lectures on the cuda profile, full sizes (scripts/gpu_runner.sh)
 # Variables: PROFILE=auto|cpu|cuda   FULL=1 (full-size parameters)   PYTEST_ARGS=...
 
@@ -43,7 +44,7 @@ export IPYTHONDIR := $(CACHE)/ipython
 export MPLCONFIGDIR := $(CACHE)/matplotlib
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help gpu-run setup run test test-fast lab validate release lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean browser-deps
+.PHONY: help gpu-run setup run test test-fast lab validate release student-dist lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean browser-deps
 
 help:
 	@sed -n '1,9p' Makefile
@@ -78,10 +79,14 @@ browser-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium && \
 	  echo "chromium installed in $$(( $$(date +%s) - start )) s: $$(chromium --version 2>/dev/null)"; fi
 
+# Students' JupyterLab at the course root (labs/ and lectures/ both reachable). jupyter-config/ turns the
+# instructor extensions off and gives Validate the course's nbgrader config (its cell timeout);
+# --allow-root where it runs as root (a container).
 lab: setup
 	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
 	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$$token"; \
-	$(PY) -m jupyterlab --ip $(IP) --port $(PORT) --no-browser --ServerApp.token=$$token --notebook-dir labs
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter-config $(PY) -m jupyterlab --ip $(IP) --port $(PORT) --no-browser \
+	  --ServerApp.token=$$token --ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Check a lab notebook before submitting: runs it and its visible tests with the grader's rules.
 #   make validate LAB=lab02_quantization [NB=labs/lab02_quantization/lab02_quantization.ipynb]
@@ -99,6 +104,9 @@ gpu-run:
 
 release: setup
 	$(PY) -m optcourse.release
+
+student-dist: setup
+	$(PY) -m optcourse.course.student_dist
 
 # Re-resolve both locks (needs the network). vLLM's CPU build must come without torchvision,
 # torchaudio and torchcodec, whose PyPI builds pull CUDA. environment.yml repeats gpu.lock's direct pins.

@@ -471,18 +471,20 @@ def dockerfile_problems(text: str, context: set[str], makefile: str) -> list[str
 def build_step_problems(instructions: list[Instruction], context: set[str]) -> tuple[list[str], dict[str, str]]:
     """Walk the build as Docker would, keeping track of WORKDIR, ENV and the files COPY put into the
     image; return (problems, the image's ENV)."""
-    problems, env, image_files, stages = [], {}, set(), set()
+    problems, env, image_files, stages = [], {}, set(), {}
     workdir, base_image, activated, user = "/", "", False, None
     for ins in instructions:
         where, words = f"Dockerfile:{ins.line}", shell_words(ins.args)
         if ins.keyword == "FROM":
-            image = base_image = words[0] if words else ""
+            image = words[0] if words else ""
+            # a stage built FROM an earlier stage runs on that stage's base image; ARGs end with their stage
+            base_image, activated = stages.get(image, image), False
             name, _, digest = image.partition("@")
             tag = name.rpartition(":")[2] if ":" in name.rpartition("/")[2] else ""
             if image not in stages and not digest and tag in ("", "latest"):
                 problems.append(f"{where}: FROM {image}: pin the base image to a tag (not latest) or a digest")
             if len(words) >= 3 and words[1].lower() == "as":
-                stages.add(words[2])
+                stages[words[2]] = base_image
         elif ins.keyword == "WORKDIR":
             workdir = posixpath.normpath(posixpath.join(workdir, ins.args))
         elif ins.keyword == "USER":

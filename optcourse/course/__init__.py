@@ -1,0 +1,1 @@
+"""Course-level tooling: what the course publishes and how it is put together."""
