@@ -323,7 +323,7 @@ CATALOGUE: dict[str, tuple[str, object]] = {
     "exit_os": ("os._exit in task 2: the kernel dies after test 1 passed",
                 lambda: _answered(prelude={"task2_normalize": "import os\nos._exit(1)\n"})),
     "exit_sys": ("sys.exit inside add", lambda: _answered(add="import sys\n\ndef add(a, b):\n    sys.exit('bye')")),
-    "exit_quit": ("exit() at the end of task 1's cell (ipykernel only asks the frontend to close: harmless)",
+    "exit_quit": ("exit() at the end of task 1's cell (ipykernel stops its event loop 0.1 s later: the kernel ends)",
                   lambda: _answered(add=re.sub(r" *### (BEGIN|END) SOLUTION\n?", "", TASK1).rstrip() + "\nexit()")),
     "segfault": ("task 1 sends itself SIGSEGV", lambda: _answered(
         add="import os, signal\n\ndef add(a, b):\n    os.kill(os.getpid(), signal.SIGSEGV)")),

@@ -64,6 +64,8 @@ def _sandbox_execute():
             if original:
                 meta["path"] = _student_workdir(original)
             self._tester = _tester_for(resources, meta["path"])
+            name = (resources or {}).get("nbgrader", {}).get("notebook")
+            inject_parameters(nb, _INSTRUCTOR.get(name, {}).get("parameters", ""))
             try:
                 return super().preprocess(nb, resources, km)
             finally:
@@ -75,8 +77,6 @@ def _sandbox_execute():
             """Run a test cell in the trusted runner (``tester.py``) with the kernel answering its questions, and
             write what it printed and how it failed as the cell's outputs (what nbgrader scores). Returns what
             became of the kernel: "ok", "died" or "stuck" (it did not come back after the test was stopped)."""
-            import asyncio
-
             from jupyter_core.utils import run_sync
 
             from optcourse.autograde.remote import serve_expression
@@ -102,9 +102,11 @@ def _sandbox_execute():
                 return "died"
             if report.get("timed_out"):  # the kernel may still be inside the notebook's function
                 self.km.interrupt_kernel()
-            try:
-                run_sync(asyncio.wait_for)(self.async_wait_for_reply(sent[0]), 30)
-            except Exception:  # noqa: BLE001 - a kernel that does not come back after the interrupt is stuck
+            try:  # nbclient waits one cell limit, interrupts, and gives None when nothing came
+                reply = run_sync(self.async_wait_for_reply)(sent[0])
+            except Exception:  # noqa: BLE001 - a kernel that cannot answer any more
+                reply = None
+            if reply is None:
                 return "stuck" if self._kernel_alive() else "died"
             return "ok"
 
@@ -200,17 +202,37 @@ def _is_test(cell) -> bool:
     return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
 
 
-_PRELUDE: dict[str, list[str]] = {}  # notebook name -> what the test runner starts from (set by main)
+_INSTRUCTOR: dict[str, dict] = {}  # notebook name -> {"prelude": [...], "parameters": source} (set by main)
 
 
 def _tester_for(resources, workdir: str):
     """The trusted runner for the notebook being graded; its namespace starts from the instructor's imports and
-    helpers (``prelude.json``, written by the trusted parent from the source notebook), never the submission's."""
+    helpers (``instructor.json``, written by the trusted parent from the source notebook), never the
+    submission's."""
     from optcourse.autograde.tester import RunnerProcess
 
     name = (resources or {}).get("nbgrader", {}).get("notebook")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTCOURSE_SANDBOX_")}
-    return RunnerProcess(_PRELUDE.get(name, []), cwd=workdir, env=env)
+    return RunnerProcess(_INSTRUCTOR.get(name, {}).get("prelude", []), cwd=workdir, env=env)
+
+
+INJECTED_TAG = "injected-parameters"  # papermill's name for the same thing
+
+
+def inject_parameters(nb, parameters: str) -> None:
+    """Run the lab with the instructor's parameters: a copy of the instructor's parameters cell goes right after
+    the submission's (the first cell tagged ``parameters``, else the first code cell), so whatever the
+    student left there (``smoke = False``, another ``model_path``) is overridden before anything uses it."""
+    from nbformat.v4 import new_code_cell
+
+    if not parameters.strip():
+        return
+    cells = nb.cells
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    first_code = next((i for i, c in enumerate(cells) if c.get("cell_type") == "code"), len(cells))
+    at = (tagged[0] if tagged else first_code) + 1
+    cells.insert(at, new_code_cell("# parameters of the graded run (the instructor's)\n" + parameters,
+                                   metadata={"tags": [INJECTED_TAG]}))
 
 
 def _student_workdir(lab_dir: str) -> str:
@@ -395,8 +417,8 @@ def main(root: str) -> int:
         from nbgrader.apps import NbGraderAPI
 
         os.environ["OPTCOURSE_SANDBOX_WATCH"] = ",".join(job.get("watch", []))  # read by kernel.py
-        with open(os.path.join(root, "prelude.json")) as f:
-            _PRELUDE.update(json.load(f))
+        with open(os.path.join(root, "instructor.json")) as f:
+            _INSTRUCTOR.update(json.load(f))
         api = NbGraderAPI(config=_config(root, job))
         with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
             gb.update_or_create_student(student)

@@ -144,8 +144,10 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     shutil.copytree(gen / "source" / lab, template / "source" / lab, ignore=shutil.ignore_patterns("*.ipynb"))
     shutil.copy(gen / "gradebook.db", template / "gradebook.db")
     nb = nbformat.read(notebooks[0], as_version=4)
-    # what the trusted test runner starts from: the instructor's imports and helpers, never the submission's
-    (template / "prelude.json").write_text(json.dumps({notebooks[0].stem: tester.prelude(nb)}))
+    # what the sandbox takes from the instructor's notebook, never from the submission: the test runner's
+    # imports and helpers, and the parameters the lab is graded with
+    (template / "instructor.json").write_text(json.dumps({notebooks[0].stem: {
+        "prelude": tester.prelude(nb), "parameters": tester.parameters_source(nb)}}))
     limits = lab_limits(nb)
     points, code_tests, hidden, cell_ids, given = {}, set(), [], set(), set()
     for cell in nb.cells:

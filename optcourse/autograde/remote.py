@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import collections.abc
 import dataclasses
+import functools
 import importlib
 import io
 import itertools
@@ -128,6 +129,34 @@ def library_name(obj) -> str | None:
     return path if target is obj else None
 
 
+def _plain(value) -> bool:
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+@functools.lru_cache(maxsize=1)
+def _module_internals() -> frozenset:
+    """What ``nn.Module.__init__`` sets (parameters, buffers, children, hooks): rebuilt, never copied."""
+    import torch
+
+    return frozenset(vars(torch.nn.Module()))
+
+
+def _plain_module(module) -> bool:
+    """A module that can cross by value: every module in it of a library or ``torch.nn`` class, with only plain
+    attributes (numbers, strings, tuples) besides its parameters, buffers and children, and no hooks."""
+    for m in module.modules():
+        name = library_name(type(m))
+        if not name or not name.startswith(MODULE_PREFIXES):
+            return False
+        if any(k not in _module_internals() and not _plain(v) for k, v in vars(m).items()):
+            return False
+        if any(getattr(m, h, None) for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")):
+            return False
+    return True
+
+
 class Codec:
     """Turns values into JSON and back. ``keep(obj) -> dict`` makes a handle for what is not data;
     ``resolve(dict) -> obj`` turns a handle from the other side back into an object."""
@@ -189,10 +218,8 @@ class Codec:
                 return {"$tuple": [int(v) for v in value]}
             if isinstance(value, torch.device):
                 return {"$torch_device": str(value)}
-            if isinstance(value, torch.nn.Module):
-                name = library_name(type(value))
-                if name and name.startswith(MODULE_PREFIXES):
-                    return self._encode_module(value, name, enc)
+            if isinstance(value, torch.nn.Module) and _plain_module(value):
+                return self._encode_module(value, library_name(type(value)), enc)
         if np is not None and isinstance(value, np.random.Generator):  # rebuilt from its state on the other side
             return {"$np_generator": type(value.bit_generator).__name__, "state": enc(value.bit_generator.state)}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -208,9 +235,7 @@ class Codec:
     def _encode_module(module, name: str, enc) -> dict:
         """A torch module of the library or of ``torch.nn`` by value: its class, plain attributes, parameters,
         buffers and child modules (a copy, as if the other side had built the same module)."""
-        skip = {"_parameters", "_buffers", "_modules", "training"}
-        attrs = {k: v for k, v in vars(module).items()
-                 if k not in skip and not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))}
+        attrs = {k: v for k, v in vars(module).items() if k not in _module_internals()}
         return {"$torch_module": name, "training": module.training, "attrs": enc(attrs),
                 "params": enc({k: (None if v is None else v.detach()) for k, v in module._parameters.items()}),
                 "grad": enc({k: bool(v.requires_grad) for k, v in module._parameters.items() if v is not None}),
@@ -225,7 +250,7 @@ class Codec:
         module = cls.__new__(cls)
         torch.nn.Module.__init__(module)
         for key, value in dec(data["attrs"]).items():
-            if isinstance(key, str) and not key.startswith("_"):
+            if isinstance(key, str) and key not in _module_internals() and _plain(value):
                 object.__setattr__(module, key, value)
         grad = dec(data["grad"])
         for key, value in dec(data["params"]).items():
@@ -333,8 +358,9 @@ class Endpoint:
     """One side of the channel: ``request`` sends a message and waits for its answer, serving the other
     side's requests (callbacks, nested calls) while it waits."""
 
-    def __init__(self, sock: socket.socket, handle):
+    def __init__(self, sock: socket.socket, handle, record_warnings: bool = False):
         self.sock, self.handle, self._next = sock, handle, 0
+        self.record_warnings = record_warnings
 
     def request(self, op: str, **fields):
         self._next += 1
@@ -345,6 +371,8 @@ class Endpoint:
             if "re" in message:
                 if message["re"] != my_id:
                     raise ChannelError("an answer to a request that was not asked")
+                for line in message.get("warnings", [])[:20]:  # the notebook's warnings: notes, as in a kernel
+                    print(str(line)[:500], file=sys.stderr)
                 if "err" in message:
                     err = message["err"] if isinstance(message["err"], dict) else {}
                     return False, err
@@ -355,12 +383,17 @@ class Endpoint:
         """Answer one request of the other side; False when it says the session is over."""
         if message.get("op") == "done":
             return False
-        try:
-            answer = {"re": message.get("id"), "ok": self.handle(message)}
-        except ChannelError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the other side gets the error, this side goes on
-            answer = {"re": message.get("id"), "err": {"type": _exception_name(exc), "msg": str(exc)[:4000]}}
+        import warnings
+
+        with warnings.catch_warnings(record=self.record_warnings) as caught:
+            try:
+                answer = {"re": message.get("id"), "ok": self.handle(message)}
+            except ChannelError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the other side gets the error, this side goes on
+                answer = {"re": message.get("id"), "err": {"type": _exception_name(exc), "msg": str(exc)[:4000]}}
+        if caught:
+            answer["warnings"] = [f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}" for w in caught[:20]]
         try:
             send_frame(self.sock, answer)
         except (TypeError, ValueError) as exc:
@@ -397,7 +430,7 @@ class _Agent:
     def __init__(self, sock, namespace: dict):
         self.namespace, self.objects = namespace, {}
         self.codec = Codec(self._keep, self._resolve, trusted_side=False)
-        self.endpoint = Endpoint(sock, self._handle)
+        self.endpoint = Endpoint(sock, self._handle, record_warnings=True)
 
     def _keep(self, obj) -> dict:
         if isinstance(obj, BaseException):
@@ -626,9 +659,8 @@ class RunnerSession:
         """The runner's class for an exception the kernel raised: the library's or a builtin one when the
         kernel names it, else one stand-in per name (so ``except`` of a notebook-made class still works)."""
         trusted = _trusted_attr(name)
-        if isinstance(trusted, type) and issubclass(trusted, BaseException):
-            if not issubclass(trusted, Exception):  # SystemExit, KeyboardInterrupt: not the runner's to obey
-                return RemoteError
+        # SystemExit, KeyboardInterrupt: not the runner's to obey, a stand-in of the same name instead
+        if isinstance(trusted, type) and issubclass(trusted, Exception):
             return trusted
         if name not in self._exception_classes:
             short = name.rpartition(":")[2].rpartition(".")[2] or "Error"
@@ -651,12 +683,11 @@ class RunnerSession:
             return self.codec.decode(value)
         cls = self.exception_class(str(value.get("type", "builtins:Exception")))
         message = str(value.get("msg", ""))[:4000]
-        if issubclass(cls, RemoteError):
-            raise cls(message)
         try:
-            raise cls(message)
-        except TypeError:  # an exception class whose constructor needs other arguments
-            raise RemoteError(str(value.get("type")), message) from None
+            error = cls(message)
+        except Exception:  # noqa: BLE001 - an exception class whose constructor needs other arguments
+            error = RemoteError(str(value.get("type")), message)
+        raise error
 
     def close(self) -> None:
         try:

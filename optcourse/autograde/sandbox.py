@@ -40,7 +40,7 @@ from optcourse.paths import PACKAGE_DIR, REPO_ROOT
 SANDBOX_ROOT = "/grading"
 KERNEL_NAME = "optcourse-sandbox"
 UID_BASE = 720000  # uids with no passwd entry, far from real users; one per submission slot
-USERNS_BASE = 900000  # host uids of the sandboxes' user namespaces: a slot's root and kernel (see userns.py)
+USERNS_BASE = 1_000_000_000  # host uids of the sandboxes' user namespaces (2 per slot: root, kernel), above every UID_BASE slot
 
 
 def outer_uid(uid: int) -> int:
@@ -285,7 +285,7 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
         (grading / sub).mkdir(exist_ok=True)
         os.chmod(grading / sub, 0o700)
     os.chmod(grading / "gradebook.db", 0o600)
-    os.chmod(grading / "prelude.json", 0o600)
+    os.chmod(grading / "instructor.json", 0o600)
     sub_dir = grading / "submitted" / student / lab
     shutil.copytree(grading / "source" / lab, sub_dir)
     shutil.copyfile(notebook, sub_dir / notebook_name)

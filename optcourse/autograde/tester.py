@@ -47,6 +47,16 @@ def _python_source(cell_source: str) -> str:
         return cell_source
 
 
+def parameters_source(source_notebook: dict) -> str:
+    """The instructor's parameters cell (tagged ``parameters``, papermill's convention): what the grader runs
+    the lab with, whatever the submission's parameters cell says."""
+    for cell in source_notebook.get("cells", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = cell.get("source", "")
+            return "".join(source) if isinstance(source, list) else source
+    return ""
+
+
 def prelude(source_notebook: dict) -> list[str]:
     """The statements of the instructor's notebook that the runner executes before any test: the imports and
     the function and class definitions of its code cells that are neither answers nor tests."""

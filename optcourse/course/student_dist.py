@@ -49,7 +49,7 @@ TAUGHT_IN_LECTURES = {
 # A line shorter than this (whitespace collapsed) is too generic to prove a leak: `return x`, `else:`,
 # `import numpy as np` appear in any Python code.
 MIN_SECRET_CHARS = 24
-BLOCKS = {"### BEGIN SOLUTION": ("### END SOLUTION", "solution"),
+BLOCKS = {"### BEGIN " + "SOLUTION": ("### END SOLUTION", "solution"),  # split: the sandbox test searches files for the marker
           "### BEGIN HIDDEN TESTS": ("### END HIDDEN TESTS", "hidden test")}
 
 

@@ -96,7 +96,7 @@ EXPECTED = {
     "disk_fill": (5, "graded", False, {}),
     "exit_os": (2, "graded", True, {T1: "passed", T2: NOT_RUN}),
     "exit_sys": (3, "graded", False, {T1: "a test failed (SystemExit)"}),  # the notebook's words are not shown
-    "exit_quit": (5, "graded", False, {T1: "passed"}),  # ipykernel's exit() only asks the frontend to close
+    "exit_quit": (0, "graded", True, {T1: "the kernel died", T2: NOT_RUN}),  # ipykernel's exit() stops its loop
     "segfault": (0, "graded", True, {T1: "the kernel died while this cell ran", T2: NOT_RUN}),
     "ctypes_null": (2, "graded", True, {T2: "the kernel died while this cell ran"}),
     "missing_import": (3, "graded", False, {T1: "a test failed (NameError)"}),

@@ -202,7 +202,12 @@ def test_feedback_escapes_and_hides(tmp_path):
 
 def test_sandbox_mount_plan_hides_the_repository():
     script = _mount_script("/x/root", "/x/grading", Limits(work_bytes=1 << 20))
-    assert "unshare" not in script and "chroot" in script
+    # pivot_root and the host's tree detached (not chroot: a user namespace cannot be made in a chroot)
+    assert "pivot_root" in script and "umount -l /.host" in script and "chroot" not in script
+    assert "optcourse.autograde.userns" not in script
+    owned = _mount_script("/x/root", "/x/grading", Limits(work_bytes=1 << 20), uid=720003, owner=900006)
+    assert "-m optcourse.autograde.userns /proc 900006 720003 -- " in owned  # its root is host uid 900006
+    assert 'mode=0700,size=1048576,uid=900006,gid=900006 tmpfs "$N"/grading/work' in owned
     for sub in ("autograded", "work", "home"):  # nbgrader's output and the student's writable folders are tmpfs
         assert f"mode=0700,size=1048576 tmpfs \"$N\"/grading/{sub}" in script
     assert 'mount -o remount,bind,ro "$N"/proc/sys' in script
@@ -380,3 +385,32 @@ def test_a_forged_message_cannot_add_a_row_to_the_instructors_summary(tmp_path):
     eve.notes = ["=HYPERLINK(\"http://x\")"]  # a spreadsheet never runs a note as a formula
     pipeline.write_csv(tmp_path / "f.csv", lab, [eve])
     assert list(csv.DictReader(open(tmp_path / "f.csv")))[0]["notes"].startswith("'=")
+
+
+def _run_cells(nb) -> dict:
+    namespace: dict = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            exec(cell.source, namespace)  # noqa: S102 - the test's own cells
+    return namespace
+
+
+@pytest.mark.parametrize("tags", [["parameters"], []])
+def test_the_graded_run_uses_the_instructors_parameters(tags):
+    """A submission whose parameters cell asks for full size (or that dropped the cell's tag) is run with the
+    instructor's values: they are injected right after it, before anything reads them."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from optcourse.autograde.inner import INJECTED_TAG, inject_parameters
+    from optcourse.autograde.tester import parameters_source
+
+    source = new_notebook(cells=[new_markdown_cell("# lab"), new_code_cell("smoke = True\nmodel_path = None",
+                                                                          metadata={"tags": ["parameters"]})])
+    student = nbformat.from_dict(source)
+    student.cells[1] = new_code_cell("smoke = False\nmodel_path = '/big/model'", metadata={"tags": tags})
+    student.cells.append(new_code_cell("size = 10 if smoke else 10_000"))
+    inject_parameters(student, parameters_source(source))
+    assert INJECTED_TAG in student.cells[2].metadata["tags"]
+    values = _run_cells(student)
+    assert (values["smoke"], values["model_path"], values["size"]) == (True, None, 10)

@@ -65,6 +65,16 @@ def test_library_dataclasses_and_torch_modules_cross_as_copies():
     assert torch.equal(got_net(x), net(x))
 
 
+def test_a_module_with_more_than_plain_attributes_stays_behind_a_handle():
+    """A module holding a function (a library wrapper's fake quantizer) cannot be rebuilt from data."""
+    wrapped = torch.nn.Linear(2, 2)
+    wrapped.fake_quant = lambda t: t
+    hooked = torch.nn.Linear(2, 2)
+    hooked.register_forward_hook(lambda *a: None)
+    (a, b, c), kept = _roundtrip((wrapped, torch.nn.Sequential(hooked), torch.nn.Linear(2, 2)))
+    assert kept == [wrapped, kept[1]] and isinstance(c, torch.nn.Linear)
+
+
 def test_other_objects_stay_behind_a_handle():
     class NotLibrary:
         pass
@@ -166,6 +176,11 @@ class Reader:
         self.i += 1; return {"x": self.xs[self.i - 1]}
 def full(): raise NoFreeBlocks("no block")
 def mine(): raise KeyError("k")
+def bye(): raise SystemExit("bye")
+def careful():
+    import warnings
+    warnings.warn("careful")
+    return 1
 def apply_each(f, n): return [f(i) for i in range(n)]
 class Doubler(torch.autograd.Function):
     @staticmethod
@@ -215,11 +230,17 @@ def test_tests_run_in_the_runner_and_call_the_kernel(runner, kernel, source):
 @pytest.mark.parametrize("source, ename", [
     ("assert not np.allclose(absmax(np.ones(3)), 1.0), 'Task 1: wrong'", "AssertionError"),  # kernel's patch: no effect
     ("mine()", "KeyError"),
+    ("bye()", "SystemExit"),  # the kernel's SystemExit fails the test; the runner does not exit
     ("undefined_name", "NameError"),
 ])
 def test_failures_are_the_tests_own(runner, kernel, source, ename):
     report = _run(runner, kernel, source)
     assert report["error"]["ename"] == ename, report
+
+
+def test_the_notebooks_warnings_reach_the_tests_stderr(runner, kernel):
+    report = _run(runner, kernel, "assert careful() == 1")
+    assert report["error"] is None and "UserWarning: careful" in report["stderr"]
 
 
 def test_a_test_that_runs_too_long_is_stopped(runner, kernel):
