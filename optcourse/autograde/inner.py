@@ -63,7 +63,7 @@ def _sandbox_execute():
             original = meta.get("path")
             if original:
                 meta["path"] = _student_workdir(original)
-            self._tester = _tester_for(resources, meta["path"])
+            self._tester, self._told_prelude = _tester_for(resources, meta["path"]), False
             name = (resources or {}).get("nbgrader", {}).get("notebook")
             inject_parameters(nb, _INSTRUCTOR.get(name, {}).get("parameters", ""))
             try:
@@ -77,7 +77,7 @@ def _sandbox_execute():
             """Run a test cell in the trusted runner (``tester.py``) with the kernel answering its questions, and
             write what it printed and how it failed as the cell's outputs (what nbgrader scores). Returns what
             became of the kernel: "ok", "died" or "stuck" (it did not come back after the test was stopped)."""
-            from jupyter_core.utils import run_sync
+            from jupyter_core.utils import ensure_async, run_sync
 
             from optcourse.autograde.remote import serve_expression
 
@@ -95,13 +95,17 @@ def _sandbox_execute():
                 err = report["error"]
                 outputs.append(new_output("error", ename=str(err.get("ename", "Error")),
                                           evalue=str(err.get("evalue", "")), traceback=list(err.get("traceback", []))))
+            if self._tester.prelude_failed and not self._told_prelude:  # an instructor's import that failed here
+                self._told_prelude = True
+                outputs.insert(0, new_output("stream", name="stdout", text=(
+                    f"{PRELUDE_NOTE} {'; '.join(self._tester.prelude_failed)[:1000]}\n")))
             cell.outputs = outputs
             if not sent:
                 return "ok"
             if not self._kernel_alive():  # the notebook's function ended Python (a crash, os._exit)
                 return "died"
             if report.get("timed_out"):  # the kernel may still be inside the notebook's function
-                self.km.interrupt_kernel()
+                run_sync(ensure_async)(self.km.interrupt_kernel())
             try:  # nbclient waits one cell limit, interrupts, and gives None when nothing came
                 reply = run_sync(self.async_wait_for_reply)(sent[0])
             except Exception:  # noqa: BLE001 - a kernel that cannot answer any more
@@ -216,6 +220,7 @@ def _tester_for(resources, workdir: str):
     return RunnerProcess(_INSTRUCTOR.get(name, {}).get("prelude", []), cwd=workdir, env=env)
 
 
+PRELUDE_NOTE = "[autograder] the test runner could not run these statements of the lab's notebook:"
 INJECTED_TAG = "injected-parameters"  # papermill's name for the same thing
 
 

@@ -84,7 +84,25 @@ class RunnerNamespace(dict):
         super().__init__()
         self.session = None
         self.fetched: dict[str, object] = {}
+        self.deferred: list[str] = []  # prelude statements that need the notebook's values (a default argument)
         self["globals"] = lambda: KernelGlobals(self)
+
+    def run_prelude(self, statements: list[str]) -> list[str]:
+        """Execute the instructor's statements; returns those that failed (kept to retry with the kernel)."""
+        failed = []
+        for statement in statements:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    exec(compile(statement, "<prelude>", "exec"), self)  # noqa: S102 - the instructor's code
+            except Exception as exc:  # noqa: BLE001 - e.g. a default argument that is the notebook's value
+                failed.append(f"{statement.splitlines()[0][:100]}: {type(exc).__name__}")
+                self.deferred.append(statement)
+        return failed
+
+    def retry_deferred(self) -> None:
+        """Once the kernel answers, try the prelude statements that needed its values again."""
+        statements, self.deferred = self.deferred, []
+        self.run_prelude(statements)
 
     def __missing__(self, name):
         if name.startswith("__") or hasattr(builtins, name) or self.session is None:
@@ -162,6 +180,7 @@ def run_cell(namespace: RunnerNamespace, command: dict, answer) -> dict:
         session = remote.RunnerSession(conn)
         namespace.session, testing._session = session, session
         namespace.fetched.clear()
+        namespace.retry_deferred()
         code = compile(_python_source(command["cell"]), f"<{command['name']}>", "exec")
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             exec(code, namespace)  # noqa: S102 - the instructor's test, in the trusted process
@@ -187,14 +206,7 @@ def main(answer_fd: int) -> int:
     for line in sys.stdin:
         command = json.loads(line)
         if "prelude" in command:
-            failed = []
-            for statement in command["prelude"]:
-                try:
-                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                        exec(compile(statement, "<prelude>", "exec"), namespace)  # noqa: S102 - instructor code
-                except Exception as exc:  # noqa: BLE001 - a definition that needs the notebook's state
-                    failed.append(f"{statement.splitlines()[0][:100]}: {type(exc).__name__}")
-            answer({"ready": True, "failed": failed})
+            answer({"ready": True, "failed": namespace.run_prelude(command["prelude"])})
         elif "cell" in command:
             answer(run_cell(namespace, command, answer))
     return 0

@@ -187,6 +187,7 @@ class Doubler(torch.autograd.Function):
     def forward(ctx, x): return x * 2
     @staticmethod
     def backward(ctx, g): return g * 3
+SCALE = 3
 np.allclose = lambda *a, **k: True          # patched in the kernel: the runner's numpy is its own
 get_ipython().input_transformers_post.append(lambda lines: ["pass\\n"])
 """)
@@ -198,7 +199,8 @@ get_ipython().input_transformers_post.append(lambda lines: ["pass\\n"])
 def runner(tmp_path_factory):
     process = RunnerProcess(["import numpy as np", "import torch", "from optcourse.kvcache import NoFreeBlocks",
                              "from optcourse.testing import autograd_probe, in_kernel",
-                             "def helper(v):\n    return v + 1"], cwd=str(tmp_path_factory.mktemp("runner")))
+                             "def helper(v):\n    return v + 1",
+                             "def scaled(v, k=SCALE):\n    return v * k"], cwd=str(tmp_path_factory.mktemp("runner")))
     yield process
     process.stop()
 
@@ -221,6 +223,7 @@ def _run(runner, kernel, source, timeout=60.0):
     "y, g = in_kernel(autograd_probe)(Doubler.apply, (torch.ones(3),))\n"
     "assert torch.equal(y, torch.full((3,), 2.0)) and torch.equal(g, torch.full((3,), 3.0))",
     "globals().update(zz=5)\nassert zz == 5",
+    "assert scaled(2) == 6",  # a helper whose default argument is the notebook's value: defined once it answers
 ])
 def test_tests_run_in_the_runner_and_call_the_kernel(runner, kernel, source):
     report = _run(runner, kernel, source)
