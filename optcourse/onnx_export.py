@@ -23,8 +23,11 @@ MINILM_OUTPUT = "embedding"
 
 def export_onnx(model: torch.nn.Module, example_inputs: tuple, path: str | pathlib.Path, input_names: list[str],
                 output_names: list[str], dynamic_axes: dict[str, dict[int, str]] | None = None,
-                opset: int = 17, dynamo: bool = False) -> pathlib.Path:
+                opset: int = 17, dynamo: bool = False, fold_constants: bool = True) -> pathlib.Path:
     """Export ``model`` (switched to eval mode) to ``path``; returns the path.
+
+    ``fold_constants=False`` (TorchScript exporter only) keeps nodes such as ``BatchNormalization`` that
+    constant folding would merge into the convolutions: the graph before any optimizer's fusions.
 
     ``dynamic_axes`` maps an input/output name to ``{axis: symbolic_name}``; axes not listed are fixed
     to the example's size, so an export without a dynamic batch axis only accepts that batch size.
@@ -46,15 +49,20 @@ def export_onnx(model: torch.nn.Module, example_inputs: tuple, path: str | pathl
         else:
             torch.onnx.export(model, example_inputs, str(path), input_names=input_names, output_names=output_names,
                               opset_version=opset, dynamo=False, dynamic_axes=dynamic_axes or {},
-                              do_constant_folding=True)
+                              do_constant_folding=fold_constants)
     return path
 
 
-def export_digits(model: torch.nn.Module, path: str | pathlib.Path, opset: int = 17) -> pathlib.Path:
-    """The digits ResNet with a dynamic batch axis: input ``x`` (N, 1, 64, 64), output ``logits`` (N, 10)."""
+def export_digits(model: torch.nn.Module, path: str | pathlib.Path, opset: int = 17,
+                  fold_batchnorm: bool = True) -> pathlib.Path:
+    """The digits ResNet with a dynamic batch axis: input ``x`` (N, 1, 64, 64), output ``logits`` (N, 10).
+
+    ``fold_batchnorm=False`` keeps every ``BatchNormalization`` node, so that an optimizer's fusions can be counted.
+    """
     example = torch.zeros(2, 1, 64, 64)
     return export_onnx(model, (example,), path, [DIGITS_INPUT], [DIGITS_OUTPUT],
-                       {DIGITS_INPUT: {0: "batch"}, DIGITS_OUTPUT: {0: "batch"}}, opset=opset)
+                       {DIGITS_INPUT: {0: "batch"}, DIGITS_OUTPUT: {0: "batch"}}, opset=opset,
+                       fold_constants=fold_batchnorm)
 
 
 class MiniLMEncoder(torch.nn.Module):
@@ -94,6 +102,27 @@ def export_minilm(path: str | pathlib.Path, tokenizer=None, model=None, opset: i
         axes = {name: {0: "batch", 1: "sequence"} for name in MINILM_INPUTS}
         axes[MINILM_OUTPUT] = {0: "batch"}
     return export_onnx(MiniLMEncoder(model), example, path, list(MINILM_INPUTS), [MINILM_OUTPUT], axes, opset=opset)
+
+
+class _HiddenStates(torch.nn.Module):
+    def __init__(self, bert: torch.nn.Module):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=token_type_ids).last_hidden_state
+
+
+def export_minilm_hidden_states(path: str | pathlib.Path, tokenizer, model, seq_len: int = 32,
+                                opset: int = 17) -> pathlib.Path:
+    """MiniLM without pooling, the graph a transformer optimizer sees: inputs ``input_ids``,
+    ``attention_mask``, ``token_type_ids``, output ``last_hidden_state``, dynamic batch and sequence axes."""
+    enc = tokenizer(["an example sentence"] * 2, padding="max_length", max_length=seq_len, return_tensors="pt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "seq"} for n in names + ["last_hidden_state"]}
+    return export_onnx(_HiddenStates(model), tuple(enc[n] for n in names), path, names, ["last_hidden_state"], axes,
+                       opset=opset)
 
 
 def input_shapes(path: str | pathlib.Path) -> dict[str, list]:

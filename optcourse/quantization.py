@@ -411,16 +411,6 @@ def quantize_llama_weight_only(model: nn.Module, group_size: int = 64,
     return qmodel.eval()
 
 
-def awq_scales(model: nn.Module, calib: dict[str, torch.Tensor], group_size: int = 64,
-               n_grid: int = 20) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """``awq_search_scale`` for every layer in ``calib``; returns ``(scales, alphas)``."""
-    scales, alphas = {}, {}
-    for name, x in calib.items():
-        s, alpha, _ = awq_search_scale(model.get_submodule(name).weight, x, 4, group_size, n_grid)
-        scales[name], alphas[name] = s, alpha
-    return scales, alphas
-
-
 def module_bytes(model: nn.Module) -> int:
     """Bytes of all parameters and buffers (shared tensors counted once)."""
     seen, total = set(), 0
@@ -433,7 +423,32 @@ def module_bytes(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. helpers for the ONNX Runtime part
+# 4. measuring quantization error, and float formats
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB (higher is better)."""
+    ref = reference.double()
+    noise = (ref - approx.double()).pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(ref.pow(2).sum() / noise))
+
+
+def relative_error(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """||ref - approx|| / ||ref||."""
+    ref = reference.double()
+    return float((ref - approx.double()).norm() / ref.norm().clamp(min=1e-30))
+
+
+def float_roundtrip(x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """Cast ``x / scale`` to ``dtype`` and back to float32 (times ``scale``). FP8 formats saturate."""
+    y = x.float() / scale
+    if dtype in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)):
+        fmax = torch.finfo(dtype).max
+        y = y.clamp(-fmax, fmax)
+    return y.to(dtype).float() * scale
+
 
 
 def cosine_similarity_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ def test_lecture01_executes_and_measures(executed_notebook):
 @pytest.mark.timeout(900)
 def test_lecture02_executes_and_measures(executed_notebook):
     metrics, text, out_dir = _execute("02_tensorrt_deep_dive", executed_notebook)
-    from optcourse.lecture_demos_a import op_counts
+    from optcourse.ort_graph import op_counts
 
     raw, fused = op_counts(out_dir / "digits_unfused.onnx"), op_counts(out_dir / "digits_all.onnx")
     assert raw["BatchNormalization"] == 9 and fused["BatchNormalization"] == 0
@@ -88,7 +88,7 @@ def test_lecture02_executes_and_measures(executed_notebook):
 @pytest.mark.timeout(900)
 def test_lecture03_executes_and_measures(executed_notebook):
     metrics, text, out_dir = _execute("03_onnx_runtime", executed_notebook)
-    from optcourse.lecture_demos_a import op_counts
+    from optcourse.ort_graph import op_counts
 
     counts = {lvl: sum(op_counts(out_dir / f"minilm_{lvl}.onnx").values()) for lvl in ("disable", "basic", "extended", "all")}
     assert counts["disable"] > counts["basic"] > counts["extended"] >= counts["all"]
@@ -111,7 +111,7 @@ def test_lecture04_executes_and_measures(executed_notebook):
     assert value(metrics, "minilm_int8_min_cosine") > 0.95
     assert value(metrics, "minilm_int8_size_ratio") > 3.0
     assert value(metrics, "awq_error_reduction_int3") > 1.0
-    assert "MatMulInteger" in json.dumps(__import__("optcourse.lecture_demos_a", fromlist=["op_counts"])
+    assert "MatMulInteger" in json.dumps(__import__("optcourse.ort_graph", fromlist=["op_counts"])
                                          .op_counts(out_dir / "minilm_int8_dynamic.onnx"))
     for png in ("error_vs_bits.png", "outliers.png", "float_formats.png", "awq_search.png"):
         assert (out_dir / png).exists()

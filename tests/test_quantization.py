@@ -1,5 +1,8 @@
 """Unit tests of optcourse.quantization (the reference implementations of lab02_quantization)."""
 
+import math
+
+import pytest
 import torch
 from torch import nn
 
@@ -117,3 +120,21 @@ def test_dtype_roundtrip():
     bf16 = Q.dtype_roundtrip_error(x, torch.bfloat16)
     assert fp16["overflow"] == 1 and bf16["overflow"] == 0
     assert bf16["max_rel_error"] > fp16["max_rel_error"] * 0 and bf16["max_rel_error"] < 2 ** -8
+
+
+def test_sqnr_and_relative_error_agree_and_per_channel_beats_per_tensor():
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 64, generator=gen) * torch.logspace(-2, 0, 16)[:, None]
+    assert Q.sqnr_db(w, Q.fake_quantize(w, 8, axis=0)) > Q.sqnr_db(w, Q.fake_quantize(w, 8)) + 5
+    approx = Q.fake_quantize(w, 4)
+    # SQNR is -20 log10 of the relative error
+    assert Q.sqnr_db(w, approx) == pytest.approx(-20 * math.log10(Q.relative_error(w, approx)))
+    assert Q.sqnr_db(w, w) == float("inf")
+
+
+def test_float_roundtrip_fp8_saturates_and_bf16_is_coarser_than_fp16():
+    x = torch.tensor([1000.0, 1.0 + 2 ** -9])
+    assert Q.float_roundtrip(x, torch.float8_e4m3fn)[0] == 448.0
+    assert Q.float_roundtrip(x, torch.float16)[1] == x[1]
+    assert Q.float_roundtrip(x, torch.bfloat16)[1] == 1.0
+    assert Q.float_roundtrip(x, torch.float8_e4m3fn, scale=1000 / 448)[0] == pytest.approx(1000.0)
