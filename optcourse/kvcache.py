@@ -22,7 +22,7 @@ import collections
 import dataclasses
 import math
 import random
-from typing import Iterable, Sequence
+from typing import Sequence
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2,
                "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "int8": 1}
@@ -234,6 +234,7 @@ class Request:
     arrival: int          # the step at which it arrives
     prompt_len: int
     output_len: int
+    priority: int = 0     # lower is more important; used by simulate_continuous(order="priority")
 
 
 @dataclasses.dataclass
@@ -247,6 +248,7 @@ class SimResult:
     blocks_used: list[int]          # KV blocks in use in each step
     preemptions: int = 0
     requests: list[Request] = dataclasses.field(default_factory=list)
+    step_tokens: list[int] = dataclasses.field(default_factory=list)  # tokens processed at each step 0 .. steps-1
 
     @property
     def output_tokens(self) -> int:
@@ -282,7 +284,7 @@ def simulate_static(trace: Sequence[Request], batch_size: int, block_size: int =
     its longest request is done (finished rows idle, keeping their memory), then take the next batch.
     The prefill and the first token of a batch take its first step."""
     pending = sorted(trace, key=lambda r: (r.arrival, r.rid))
-    first, finish, running, blocks = {}, {}, [], []
+    first, finish, running, blocks, tokens = {}, {}, [], [], []
     step = 0
     i = 0
     while i < len(pending):
@@ -290,18 +292,21 @@ def simulate_static(trace: Sequence[Request], batch_size: int, block_size: int =
         batch = [r for r in pending[i:i + batch_size] if r.arrival <= step]
         i += len(batch)
         length = max(r.output_len for r in batch)
+        tokens.extend([0] * (step - len(tokens)))  # idle steps before the batch
         for k in range(length):
             running.append(len(batch))
             blocks.append(sum(blocks_needed(r.prompt_len + min(k + 1, length), block_size) for r in batch))
+            tokens.append(sum(1 for r in batch if r.output_len > k) + (sum(r.prompt_len for r in batch) if k == 0 else 0))
         for r in batch:
             first[r.rid] = step
             finish[r.rid] = step + r.output_len - 1
         step += length
-    return SimResult(first, finish, step, running, blocks, 0, list(trace))
+    return SimResult(first, finish, step, running, blocks, 0, list(trace), tokens)
 
 
 def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: int, max_num_seqs: int,
-                        max_steps: int = 1_000_000) -> SimResult:
+                        max_steps: int = 1_000_000, *, token_budget: int | None = None,
+                        order: str = "fcfs") -> SimResult:
     """Iteration-level (continuous) batching with a paged KV cache of ``num_blocks`` blocks.
 
     Each step, in this order:
@@ -317,13 +322,23 @@ def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: i
        once, at the first token a request produces: a preempted request that is admitted again keeps it
        (the client already received that token, so it is the request's TTFT).
     A request that cannot fit alone raises ``ValueError``.
+
+    Scheduler options (vLLM has both; the defaults are the plain scheduler above):
+    - ``token_budget``: at most that many tokens per step (chunked prefill, as Sarathi-Serve): decodes
+      first, one token each, then the rest of the budget prefills waiting prompts in chunks; a prompt
+      yields its first token in the step that completes its prefill. Without it a prompt is prefilled
+      whole in its admission step.
+    - ``order="priority"``: arrived requests are admitted by ``Request.priority`` (lower first), then arrival.
+    ``SimResult.step_tokens`` counts the tokens (prefill + decode) of every step, for a time-per-step model.
     """
+    if order not in ("fcfs", "priority"):
+        raise ValueError("order must be 'fcfs' or 'priority'")
     for r in trace:
         if blocks_needed(r.prompt_len + r.output_len, block_size) > num_blocks:
             raise ValueError(f"request {r.rid} needs more than the {num_blocks} blocks of the cache")
     waiting = collections.deque(sorted(trace, key=lambda r: (r.arrival, r.rid)))
-    running: list[list] = []          # [request, tokens generated, blocks held]
-    first, finish, n_running, n_blocks = {}, {}, [], []
+    running: list[list] = []          # [request, tokens generated, blocks held, prompt tokens prefilled]
+    first, finish, n_running, n_blocks, step_tokens = {}, {}, [], [], []
     free = num_blocks
     preemptions = 0
     step = 0
@@ -331,7 +346,7 @@ def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: i
         # 1. room for the next token of every running sequence, preempting the newest on shortage
         i = 0
         while i < len(running):
-            req, done, held = running[i]
+            req, done, held, _ = running[i]
             need = blocks_needed(req.prompt_len + done + 1, block_size) - held
             if need <= free:
                 free -= need
@@ -343,6 +358,9 @@ def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: i
             preemptions += 1
             waiting.appendleft(victim[0])
         # 2. admission
+        if order == "priority":
+            arrived = sorted((r for r in waiting if r.arrival <= step), key=lambda r: (r.priority, r.arrival, r.rid))
+            waiting = collections.deque(arrived + [r for r in waiting if r.arrival > step])
         while waiting and waiting[0].arrival <= step and len(running) < max_num_seqs:
             req = waiting[0]
             need = blocks_needed(req.prompt_len + 1, block_size)
@@ -350,16 +368,31 @@ def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: i
                 break
             waiting.popleft()
             free -= need
-            running.append([req, 0, need])
+            running.append([req, 0, need, 0])
         if not running:
-            step = max(step + 1, waiting[0].arrival) if waiting else step + 1
+            next_step = max(step + 1, waiting[0].arrival) if waiting else step + 1
+            step_tokens.extend([0] * (next_step - step))
+            step = next_step
             continue
-        # 3. one token each
+        # 3. one token each (decodes first; then prefills, within the token budget)
         n_running.append(len(running))
         n_blocks.append(num_blocks - free)
+        tokens = sum(1 for e in running if e[3] == e[0].prompt_len)  # decodes
+        budget = (token_budget if token_budget else math.inf) - tokens
+        for entry in running:
+            left = entry[0].prompt_len - entry[3]
+            if left > 0 and budget > 0:
+                chunk = int(min(left, budget))
+                entry[3] += chunk
+                budget -= chunk
+                tokens += chunk
+        step_tokens.append(tokens)
         still = []
         for entry in running:
             req = entry[0]
+            if entry[3] < req.prompt_len:
+                still.append(entry)  # still prefilling: no token yet (the step that completes it yields one)
+                continue
             if entry[1] == 0 and req.rid not in first:   # once: a preempted, re-admitted request keeps it
                 first[req.rid] = step
             entry[1] += 1
@@ -370,7 +403,7 @@ def simulate_continuous(trace: Sequence[Request], num_blocks: int, block_size: i
                 still.append(entry)
         running = still
         step += 1
-    return SimResult(first, finish, step, n_running, n_blocks, preemptions, list(trace))
+    return SimResult(first, finish, step, n_running, n_blocks, preemptions, list(trace), step_tokens)
 
 
 def compare_batching(trace: Sequence[Request], *, batch_size: int, num_blocks: int, block_size: int,
@@ -386,8 +419,3 @@ def compare_batching(trace: Sequence[Request], *, batch_size: int, num_blocks: i
                       "latency_p90": float(np.percentile(lat, 90)), "ttft_p50": float(np.percentile(res.ttfts(), 50)),
                       "preemptions": res.preemptions, "max_running": max(res.running, default=0)}
     return rows
-
-
-def iter_prompts(lengths: Iterable[int], vocab: int = 1000, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(vocab) for _ in range(n)] for n in lengths]

@@ -1,5 +1,6 @@
 """KV-cache arithmetic, the paged block allocator's invariants, and the batching simulators."""
 
+import math
 import random
 
 import pytest
@@ -183,3 +184,30 @@ def test_first_token_is_kept_across_preemption():
     assert res.finish[1] > 1   # it restarted after the preemption (progress lost), so it finished later
     tight = kvcache.simulate_continuous(kvcache.make_trace(48, seed=3), num_blocks=40, block_size=16, max_num_seqs=16)
     assert tight.preemptions > 0 and all(tight.first_token[r] <= tight.finish[r] for r in tight.finish)
+
+
+def test_chunked_prefill_bounds_step_tokens_and_still_finishes():
+    trace = [Request(0, 0, 8, 60), Request(1, 3, 2000, 2)]
+    plain = kvcache.simulate_continuous(trace, num_blocks=1000, block_size=16, max_num_seqs=4)
+    chunked = kvcache.simulate_continuous(trace, num_blocks=1000, block_size=16, max_num_seqs=4, token_budget=256)
+    assert max(plain.step_tokens) == 2000 + 1 and max(chunked.step_tokens) <= 256
+    # the long prompt needs ceil(2000 / 255) steps of prefill beside the decoder, then its second token
+    assert chunked.first_token[1] == 3 + math.ceil(2000 / 255) - 1 and chunked.finish[1] == chunked.first_token[1] + 1
+    assert plain.first_token[1] == 3 and plain.finish == {0: 59, 1: 4}
+    assert len(plain.step_tokens) == plain.steps and len(chunked.step_tokens) == chunked.steps
+    assert sum(chunked.step_tokens) == sum(plain.step_tokens) == 8 + 2000 + 59 + 1  # prompts + decodes after the first
+
+
+def test_priority_order_admits_important_requests_first():
+    trace = [Request(0, 0, 4, 30)] + [Request(i, 1, 4, 10, priority=1 if i < 4 else 0) for i in range(1, 7)]
+    res = kvcache.simulate_continuous(trace, num_blocks=1000, block_size=16, max_num_seqs=2, order="priority")
+    assert max(res.first_token[i] for i in (4, 5, 6)) < min(res.first_token[i] for i in (1, 2, 3))
+    fcfs = kvcache.simulate_continuous(trace, num_blocks=1000, block_size=16, max_num_seqs=2)
+    assert min(fcfs.first_token[i] for i in (4, 5, 6)) > max(fcfs.first_token[i] for i in (1, 2, 3))
+    with pytest.raises(ValueError):
+        kvcache.simulate_continuous(trace, num_blocks=1000, block_size=16, max_num_seqs=2, order="shortest")
+
+
+def test_static_step_tokens_count_prompts_once_and_only_rows_still_generating():
+    res = kvcache.simulate_static([Request(0, 2, 5, 3), Request(1, 2, 7, 1)], batch_size=2)
+    assert res.step_tokens == [0, 0, 5 + 7 + 2, 1, 1]
