@@ -9,8 +9,5 @@ Modules:
     runner      executes notebooks with papermill and writes the summary table and report
     quiz        the quiz bank, generation, grading and LMS exports
 """
-from optcourse.paths import apply_offline_environment
-
-apply_offline_environment()
 
 __version__ = "0.1.0"

@@ -19,7 +19,6 @@ import os
 import pathlib
 import tempfile
 import threading
-import time
 from typing import Callable
 
 # ----------------------------------------------------------------------------------- torch.profiler
@@ -283,9 +282,3 @@ def plot_roofline(points: list[dict], peak_gflops: float, peak_gbps: float, ax=N
 def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
-
-def wall_ms(fn: Callable[[], object]) -> float:
-    """One call's wall time in ms (for quick prints; use optcourse.bench.measure for numbers)."""
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3

@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 
-from optcourse.paths import AUTOGRADER_DIR, REPO_ROOT
+from optcourse.paths import AUTOGRADER_DIR, REPO_ROOT, apply_offline_environment
 
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 LABS_DIR = REPO_ROOT / "labs"
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown lab(s) {', '.join(unknown)}; labs: {', '.join(lab_names())}", file=sys.stderr)
         return 2
+    apply_offline_environment()  # nbgrader's jupyter folders inside the workspace
     labs = generate(names or None)
     for lab in labs:
         print(f"released {lab} -> {(LABS_DIR / lab).relative_to(REPO_ROOT)}")

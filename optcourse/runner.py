@@ -23,7 +23,7 @@ import time
 
 from optcourse.hardware import capabilities, resolve_profile
 from optcourse.metrics import check_thresholds, load_thresholds, read_run
-from optcourse.paths import REPO_ROOT, RESULTS_DIR
+from optcourse.paths import REPO_ROOT, RESULTS_DIR, apply_offline_environment
 
 GROUPS = {
     "labs": "solutions/*/*.ipynb",
@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds-dir", type=pathlib.Path, default=None,
                         help="folder with <profile>.yaml (default: autograder/thresholds)")
     args = parser.parse_args(argv)
+    apply_offline_environment()  # the kernels it starts inherit this process's environment
     try:
         # a report can be rebuilt on any machine; running notebooks needs the profile's hardware
         profile = args.profile if args.report_only and args.profile in ("cpu", "cuda") else resolve_profile(args.profile)

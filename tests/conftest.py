@@ -1,10 +1,11 @@
-"""Shared fixtures. Importing optcourse sets the offline environment (HF_HUB_OFFLINE=1, caches in .cache)."""
+"""Shared fixtures, and the offline environment (HF_HUB_OFFLINE=1, caches in .cache) for every test."""
 import pathlib
 
 import pytest
 
-import optcourse  # noqa: F401  (sets the offline environment for every test)
-from optcourse.paths import REPO_ROOT
+from optcourse.paths import REPO_ROOT, apply_offline_environment
+
+apply_offline_environment()  # explicit: importing optcourse changes no environment variable
 
 
 @pytest.fixture(scope="session")
