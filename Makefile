@@ -61,7 +61,7 @@ $(STAMP):
 	echo "environment ready in $$(( $$(date +%s) - start )) s ($(VENV), $(LOCK))"
 
 run: setup
-	$(PY) -m optcourse.runner --profile $(PROFILE) $(if $(FULL),--full) $(if $(INCLUDE),--include $(INCLUDE))
+	$(PY) -m optcourse.course.runner --profile $(PROFILE) $(if $(FULL),--full) $(if $(INCLUDE),--include $(INCLUDE))
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -87,7 +87,7 @@ lab: setup
 #   make validate LAB=lab02_quantization [NB=labs/lab02_quantization/lab02_quantization.ipynb]
 validate: setup
 	@test -n "$(LAB)$(NB)" || { echo "usage: make validate LAB=<lab> [NB=<your notebook>]"; exit 2; }
-	$(PY) -m optcourse.validate $(or $(NB),labs/$(LAB)/$(LAB).ipynb)
+	$(PY) -m optcourse.course.validate $(or $(NB),labs/$(LAB)/$(LAB).ipynb)
 
 # On an NVIDIA machine: the full stack (environment.yml, Docker: ENV_READY=1) or only PyTorch plus
 # WHEELS=<folder from scripts/gpu_wheels.sh>; no CPU venv is made. Report: results/gpu/<gpu>/report.md
@@ -98,7 +98,7 @@ gpu-run:
 	  $(if $(WHEELS),WHEELS=$(WHEELS)) $(if $(REPORT_DIR),REPORT_DIR=$(REPORT_DIR)) scripts/gpu_runner.sh $(RUN_ARGS)
 
 release: setup
-	$(PY) -m optcourse.release
+	$(PY) -m optcourse.course.release
 
 # Re-resolve both locks (needs the network). vLLM's CPU build must come without torchvision,
 # torchaudio and torchcodec, whose PyPI builds pull CUDA. environment.yml repeats gpu.lock's direct pins.

@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from optcourse.paths import REPO_ROOT, apply_offline_environment
+from optcourse.core.paths import REPO_ROOT, apply_offline_environment
 
 apply_offline_environment()  # explicit: importing optcourse changes no environment variable
 
@@ -25,7 +25,7 @@ class NotebookExecutions:
         self.runs = {}
 
     def __call__(self, path: pathlib.Path):
-        from optcourse.runner import execute
+        from optcourse.course.runner import execute
 
         path = pathlib.Path(path).resolve()
         if path not in self.runs:
@@ -34,14 +34,14 @@ class NotebookExecutions:
 
     @property
     def profile(self) -> str:
-        from optcourse.hardware import resolve_profile
+        from optcourse.core.hardware import resolve_profile
 
         return resolve_profile("auto")
 
 
 @pytest.fixture(scope="session")
 def executed_notebook(tmp_path_factory):
-    """``executed_notebook(path)`` -> optcourse.runner.NotebookRun (``.output`` is the executed notebook)."""
+    """``executed_notebook(path)`` -> optcourse.course.runner.NotebookRun (``.output`` is the executed notebook)."""
     return NotebookExecutions(tmp_path_factory.mktemp("notebook-runs"))
 
 

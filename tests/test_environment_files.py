@@ -32,7 +32,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from optcourse.paths import REPO_ROOT
+from optcourse.core.paths import REPO_ROOT
 
 
 def read(name: str) -> str:

@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from optcourse.paths import REPO_ROOT, apply_offline_environment, offline_environment
+from optcourse.core.paths import REPO_ROOT, apply_offline_environment, offline_environment
 
 PACKAGE = REPO_ROOT / "optcourse"
 # Another engineer is splitting autograde/pipeline.py (issue 17); these two cycles go with that split.

@@ -26,7 +26,7 @@ import pathlib
 import shutil
 import sys
 
-from optcourse.paths import AUTOGRADER_DIR
+from optcourse.core.paths import AUTOGRADER_DIR
 
 LABS_NOTES_DIR = AUTOGRADER_DIR / "labs"
 KINDS = ("solution", "blank", "mistakes")
@@ -121,7 +121,7 @@ def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[M
     """Write the notebooks to grade into ``folder``; returns student id -> "solution", "blank" or its mistakes."""
     import nbformat
 
-    from optcourse.release import LABS_DIR, SOLUTIONS_DIR
+    from optcourse.course.release import LABS_DIR, SOLUTIONS_DIR
 
     folder.mkdir(parents=True, exist_ok=True)
     solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
@@ -185,7 +185,7 @@ def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bo
 
 def main(argv: list[str] | None = None) -> int:
     from optcourse.autograde.sandbox import sandbox_available
-    from optcourse.paths import apply_offline_environment
+    from optcourse.core.paths import apply_offline_environment
 
     p = argparse.ArgumentParser(prog="python -m optcourse.autograde.catalogue", description=__doc__.splitlines()[0])
     p.add_argument("lab")

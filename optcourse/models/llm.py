@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from optcourse.paths import ASSETS_DIR
+from optcourse.core.paths import ASSETS_DIR
 
 LLM_DIR = ASSETS_DIR / "course-llama"
 HELDOUT_TEXT_PATH = ASSETS_DIR / "course-llama-heldout.txt"

@@ -233,7 +233,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    from optcourse.paths import apply_offline_environment
+    from optcourse.core.paths import apply_offline_environment
 
     apply_offline_environment()  # the tokenizer and model libraries must not reach a model hub
     if args.step == "corpus":

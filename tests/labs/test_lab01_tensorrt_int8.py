@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from optcourse.autograde import catalogue
-from optcourse.paths import REPO_ROOT
+from optcourse.core.paths import REPO_ROOT
 
 LAB = "lab01_tensorrt_int8"
 SOURCE = REPO_ROOT / "solutions" / LAB / f"{LAB}.ipynb"
@@ -76,7 +76,7 @@ def _run_test_cell(nb, gid: str, namespace: dict) -> None:
 def task1_namespace(tmp_path_factory):
     import torch
 
-    from optcourse import onnx_export as ox
+    from optcourse.techniques import export as ox
     from optcourse.models.digits import load_digits_resnet
 
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def task1_namespace(tmp_path_factory):
 
 
 def test_task1_test_passes_the_library_export(nb, task1_namespace):
-    from optcourse import onnx_export as ox
+    from optcourse.techniques import export as ox
 
     ns = dict(task1_namespace, export_digits_onnx=lambda model, path: ox.export_digits(model, path))
     _run_test_cell(nb, "test_task1_export", ns)
@@ -94,7 +94,7 @@ def test_task1_test_passes_the_library_export(nb, task1_namespace):
 
 @pytest.mark.parametrize("opset", [11, 18])
 def test_task1_test_rejects_another_opset(nb, task1_namespace, opset):
-    from optcourse import onnx_export as ox
+    from optcourse.techniques import export as ox
 
     ns = dict(task1_namespace, export_digits_onnx=lambda model, path: ox.export_digits(model, path, opset=opset))
     with pytest.raises(AssertionError, match="opset 17"):

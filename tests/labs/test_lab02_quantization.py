@@ -15,9 +15,9 @@ import torch
 import yaml
 from torch import nn
 
-import optcourse.quantization as Q
-from optcourse.paths import AUTOGRADER_DIR
-from optcourse.release import LABS_DIR, SOLUTIONS_DIR
+import optcourse.techniques.quantization as Q
+from optcourse.core.paths import AUTOGRADER_DIR
+from optcourse.course.release import LABS_DIR, SOLUTIONS_DIR
 
 LAB = "lab02_quantization"
 SOLUTION = SOLUTIONS_DIR / LAB / f"{LAB}.ipynb"

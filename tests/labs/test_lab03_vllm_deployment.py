@@ -9,7 +9,7 @@ import json
 import nbformat
 import yaml
 
-from optcourse.paths import REPO_ROOT
+from optcourse.core.paths import REPO_ROOT
 
 LAB = "lab03_vllm_deployment"
 SOLUTION = REPO_ROOT / "solutions" / LAB / f"{LAB}.ipynb"
@@ -36,7 +36,7 @@ def test_notebooks_are_committed_clean():
 
 
 def test_labs_folder_is_nbgrader_output(tmp_path):
-    from optcourse.release import generate
+    from optcourse.course.release import generate
 
     generate([LAB], dest=tmp_path)
     fresh = json.loads((tmp_path / LAB / f"{LAB}.ipynb").read_text())

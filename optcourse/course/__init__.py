@@ -1,0 +1,1 @@
+"""Running the course: releasing labs, grading one notebook, checking a notebook, executing notebooks."""
