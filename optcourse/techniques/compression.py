@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -151,3 +152,186 @@ def dequantize_nf4(q: QuantizedTensor) -> torch.Tensor:
     values = q.codebook[q.codes.long()] * q.scales[:, None]
     n = math.prod(q.shape)
     return values.reshape(-1)[:n].view(q.shape)
+
+
+# --------------------------------------------------------------------------------------- pruning
+PRUNING_METHODS = ("global_magnitude", "layerwise_magnitude", "global_taylor")
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, "weight")`` of every Conv2d and Linear: the list ``torch.nn.utils.prune`` takes."""
+    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of the Conv2d and Linear weights that are exactly zero."""
+    params = prunable_weights(model)
+    zeros = sum((m.weight == 0).sum().item() for m, _ in params)
+    return zeros / sum(m.weight.numel() for m, _ in params)
+
+
+def taylor_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance ``|w * dL/dw|`` of every Conv2d/Linear weight, gradients summed over
+    ``x`` in batches (uses data; magnitude does not). Works on a copy; BatchNorm statistics stay fixed."""
+    scored = copy.deepcopy(model).train()
+    for m in scored.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # keep the running statistics fixed
+    for i in range(0, len(x), batch_size):
+        nn.functional.cross_entropy(scored(x[i:i + batch_size]), y[i:i + batch_size]).backward()
+    return {name: (m.weight * m.weight.grad).abs().detach() for name, m in scored.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def pruned_copy(model: nn.Module, amount: float, method: str = "global_magnitude",
+                importance: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A copy of ``model`` (eval mode) with the fraction ``amount`` of its Conv2d/Linear weights set to zero.
+
+    ``global_magnitude``: the smallest |w| over all layers; ``layerwise_magnitude``: the same fraction in
+    every layer; ``global_taylor``: the smallest ``importance`` (``taylor_importance`` of ``model``).
+    The masks are baked into the weights (``prune.remove``).
+    """
+    from torch.nn.utils import prune
+
+    if method not in PRUNING_METHODS:
+        raise ValueError(f"method must be one of {PRUNING_METHODS}, not {method!r}")
+    if method == "global_taylor" and importance is None:
+        raise ValueError("global_taylor needs the importance scores (taylor_importance)")
+    pruned = copy.deepcopy(model)
+    params = prunable_weights(pruned)
+    if method == "global_magnitude":
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+    elif method == "layerwise_magnitude":
+        for m, name in params:
+            prune.l1_unstructured(m, name, amount=amount)
+    else:
+        names = {m: n for n, m in pruned.named_modules()}
+        scores = {(m, "weight"): importance[names[m]] for m, _ in params}
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount,
+                                  importance_scores=scores)
+    for m, name in params:
+        prune.remove(m, name)
+    return pruned.eval()
+
+
+def two_four_mask(w: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest |w| of every 4 consecutive weights along the input (reduction) dimension
+    (NVIDIA's 2:4 semi-structured sparsity); a boolean mask shaped like ``w``."""
+    flat = w.detach().flatten(1)  # (out, in*kh*kw): reduction dim last
+    pad = (-flat.shape[1]) % 4
+    groups = nn.functional.pad(flat.abs(), (0, pad)).view(flat.shape[0], -1, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
+    return keep.view(flat.shape[0], -1)[:, :flat.shape[1]].view_as(w)
+
+
+def prune_block_channels(model: nn.Module, keep_frac: float) -> nn.Module:
+    """Structured pruning of the digits ResNet: a new model whose BasicBlocks (``layer1`` .. ``layer3``)
+    keep the top ``keep_frac`` inner channels by filter L1 norm (conv1's filters, bn1, conv2's inputs)."""
+    model = copy.deepcopy(model)
+    for block in (model.layer1, model.layer2, model.layer3):
+        c1, b1, c2 = block.conv1, block.bn1, block.conv2
+        n_keep = max(1, int(round(c1.out_channels * keep_frac)))
+        keep = c1.weight.detach().abs().sum((1, 2, 3)).topk(n_keep).indices.sort().values
+        new_c1 = nn.Conv2d(c1.in_channels, n_keep, 3, c1.stride, 1, bias=False)
+        new_c1.weight.data = c1.weight.data[keep].clone()
+        new_b1 = nn.BatchNorm2d(n_keep)
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new_b1, attr).data = getattr(b1, attr).data[keep].clone()
+        new_c2 = nn.Conv2d(n_keep, c2.out_channels, 3, 1, 1, bias=False)
+        new_c2.weight.data = c2.weight.data[:, keep].clone()
+        block.conv1, block.bn1, block.conv2 = new_c1, new_b1, new_c2
+    return model.eval()
+
+
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on ``x`` after surgery (the old ones describe the unpruned net)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    return model.eval()
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 1e-3, seed: int = 0,
+             batch_size: int = 64) -> nn.Module:
+    """Plain AdamW fine-tuning of an image classifier with small random shifts (up to 3 pixels), the
+    augmentation the digits ResNet was trained with; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            shift = torch.randint(-3, 4, (2,), generator=g).tolist()
+            loss = nn.functional.cross_entropy(model(torch.roll(x[idx], shifts=shift, dims=(2, 3))), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------- distillation
+class StudentCNN(nn.Module):
+    """Three strided convolutions with batch norm and a linear head: ~50x fewer parameters than the digits ResNet."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.net = nn.Sequential(*block(1, width), *block(width, 2 * width), *block(2 * width, 2 * width),
+                                 nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, times T^2 (Hinton et al., 2015)."""
+    return nn.functional.kl_div(nn.functional.log_softmax(student_logits / temperature, -1),
+                                nn.functional.softmax(teacher_logits / temperature, -1),
+                                reduction="batchmean") * temperature * temperature
+
+
+def train_student(x_labelled: torch.Tensor, y_labelled: torch.Tensor, steps: int, *,
+                  transfer_x: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None,
+                  temperature: float = 4.0, alpha: float = 0.7, batch_size: int = 32, seed: int = 0) -> nn.Module:
+    """Train a ``StudentCNN`` for ``steps`` AdamW steps on labelled batches; with ``teacher_logits`` (of
+    ``transfer_x``) each step adds a soft-target batch from the transfer set, weighted ``alpha``."""
+    torch.manual_seed(seed)
+    student = StudentCNN()
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    student.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x_labelled), (batch_size,), generator=g)
+        loss = nn.functional.cross_entropy(student(x_labelled[idx]), y_labelled[idx])
+        if teacher_logits is not None:
+            tidx = torch.randint(0, len(transfer_x), (batch_size,), generator=g)
+            soft = distillation_loss(student(transfer_x[tidx]), teacher_logits[tidx], temperature)
+            loss = alpha * soft + (1 - alpha) * loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return student.eval()
+
+
+# --------------------------------------------------------------------------------------- NF4 on a model
+def nf4_roundtrip_copy(model: nn.Module, names, block_size: int = 64, codebook: torch.Tensor | None = None,
+                       double_quant: bool = False) -> nn.Module:
+    """A copy of ``model`` whose named modules' weights went through ``quantize_nf4`` and back
+    (simulated 4-bit storage, to measure what it does to the model's quality)."""
+    names = set(names)
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, m in copied.named_modules():
+            if n in names:
+                m.weight.copy_(dequantize_nf4(quantize_nf4(m.weight, block_size, codebook=codebook,
+                                                           double_quant=double_quant)))
+    return copied

@@ -85,3 +85,30 @@ def test_course_llama_writes_readable_text():
 def test_shipped_files_are_small():
     size = sum(p.stat().st_size for p in llm.LLM_DIR.iterdir())
     assert size <= 20 * 1024 * 1024
+
+
+def test_encode_docs_ends_every_document_with_eos():
+    tokenizer, _ = llm.load_course_llama()
+    from optcourse.models.train_llm import encode_docs
+
+    ids = encode_docs(tokenizer, "first doc\n\nsecond doc", eos_id=tokenizer.eos_token_id)
+    first = tokenizer("first doc")["input_ids"]
+    assert ids.dtype == torch.long and ids.dim() == 1
+    assert ids[: len(first) + 1].tolist() == first + [tokenizer.eos_token_id]
+    assert (ids == tokenizer.eos_token_id).sum() == 2 and ids[-1] == tokenizer.eos_token_id
+
+
+def test_window_loss_is_the_log_of_perplexity_and_keeps_the_mode():
+    tokenizer, model = llm.load_course_llama()
+    from optcourse.models.train_llm import encode_docs
+
+    ids = encode_docs(tokenizer, llm.heldout_text(4000), tokenizer.eos_token_id)[: 4 * 65]
+    windows = ids.view(4, 65)
+    loss = llm.window_loss(model, windows)
+    # perplexity over the same non-overlapping windows of 64 predicted tokens
+    text_ppl = llm.perplexity(model, tokenizer, llm.heldout_text(4000), seq_len=64, max_tokens=4 * 65)
+    assert 1.0 < loss < 5.0 and not model.training
+    model.train()
+    assert llm.window_loss(model, windows) == pytest.approx(loss, rel=1e-5) and model.training
+    model.eval()
+    assert abs(loss - __import__("math").log(text_ppl)) < 0.3

@@ -1,5 +1,4 @@
 """Unit tests of optcourse.techniques.decoding (seconds; no timings asserted)."""
-import math
 
 import pytest
 import torch
