@@ -29,9 +29,8 @@ def cells_by_id(nb) -> dict:
     return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells if c.metadata.get("nbgrader")}
 
 
-def test_source_is_clean_and_has_the_conventions(nb):
+def test_source_has_the_conventions(nb):
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code)
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and all(k in params[0].source for k in ("device", "smoke", "metrics_path", "output_dir"))
     graded = {gid: c.metadata["nbgrader"].get("points") for gid, c in cells_by_id(nb).items()

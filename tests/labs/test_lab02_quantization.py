@@ -39,8 +39,8 @@ def solution():
     return nbformat.read(SOLUTION, as_version=4)
 
 
-def test_solution_notebook_is_clean_and_well_formed(read_clean_notebook):
-    nb, params = read_clean_notebook(SOLUTION)
+def test_solution_notebook_is_clean_and_well_formed(read_notebook_with_parameters):
+    nb, params = read_notebook_with_parameters(SOLUTION)
     assert all(k in params for k in ("device", "smoke", "metrics_path", "output_dir"))
     limits = nb.metadata["optcourse"]["grading"]
     assert isinstance(limits["cell_timeout_s"], int) and isinstance(limits["notebook_timeout_s"], int)

@@ -23,12 +23,11 @@ def graded_cells(nb) -> dict[str, int]:
             if c.metadata.get("nbgrader", {}).get("grade")}
 
 
-def test_notebooks_are_committed_clean():
+def test_notebooks_are_well_formed():
     for path in (SOLUTION, STUDENT):
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert all(c.outputs == [] and c.execution_count is None for c in code), path
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1 and all(k in params[0].source for k in ("device", "smoke", "metrics_path", "output_dir"))
     student = STUDENT.read_text()

@@ -30,8 +30,8 @@ def cells_by_id(nb) -> dict:
     return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells if c.metadata.get("nbgrader")}
 
 
-def test_solution_notebook_structure(read_clean_notebook):
-    nb, params = read_clean_notebook(SOLUTION)
+def test_solution_notebook_structure(read_notebook_with_parameters):
+    nb, params = read_notebook_with_parameters(SOLUTION)
     assert "smoke = True" in params and "price_per_hour" in params
     code = [c for c in nb.cells if c.cell_type == "code"]
     graded = {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]["points"]
