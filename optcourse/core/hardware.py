@@ -1,6 +1,6 @@
 """Hardware profiles: which one we are on, and which real backends this machine has.
 
-Two profiles (DESIGN.md): ``cuda`` (NVIDIA GPU; TensorRT, ORT CUDA/TensorRT providers, vLLM on GPU)
+Two profiles (README.md, "On an NVIDIA GPU"): ``cuda`` (NVIDIA GPU; TensorRT, ORT CUDA/TensorRT providers, vLLM on GPU)
 and ``cpu`` (ONNX Runtime's CPU provider stands in for the TensorRT engine; vLLM's CPU build).
 A notebook takes ``device = "auto"`` as a papermill parameter and calls ``resolve_profile``.
 """

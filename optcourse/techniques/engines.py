@@ -1,6 +1,6 @@
 """Explicitly quantized (QDQ) INT8 models, and inference engines built from them.
 
-One artifact, two profiles (DESIGN.md):
+One artifact, two profiles (README.md, "On an NVIDIA GPU"):
 - ``quantize_qdq`` writes an ONNX model with QuantizeLinear/DequantizeLinear pairs (explicit
   quantization) with ONNX Runtime's ``quantize_static(..., quant_format=QuantFormat.QDQ)`` and a
   ``CalibrationDataReader``; calibration ranges can be overridden per tensor with your own thresholds.
