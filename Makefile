@@ -29,7 +29,7 @@ endif
 WHEEL_DIR ?= /opt/wheels
 TORCH_SOURCE := $(if $(wildcard $(WHEEL_DIR)/torch-*.whl),--find-links $(WHEEL_DIR),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-# Offline and self-contained: caches inside the workspace, no model hub (see optcourse/paths.py).
+# Offline and self-contained: caches inside the workspace, no model hub (see optcourse/core/paths.py).
 CACHE := $(CURDIR)/.cache
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
