@@ -1,7 +1,7 @@
 """nbgrader configuration of the course: solutions/ is the source, labs/ the release.
 
 Instructors run nbgrader from this folder (``cd autograder && nbgrader ...``) or through
-``make release`` / ``make autograde``; ``optcourse.release`` loads this same file, so there is one
+``make release`` / ``make autograde``; ``optcourse.course.release`` loads this same file, so there is one
 configuration.
 """
 import os

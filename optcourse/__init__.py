@@ -1,16 +1,17 @@
 """optcourse: the course library that the lectures, labs, autograder and quiz import.
 
-Modules:
-    paths       where files live; the offline environment (no model hub, caches in the workspace)
-    hardware    the ``cpu`` / ``cuda`` profile and which backends (TensorRT, ORT providers, vLLM) exist
+Subpackages, by what the code does:
+    core        paths and the offline environment, the hardware profile, notebook set-up
+    measure     timing (bench), metrics, thresholds, reports, profiling and roofline, benchmark scenarios
+    techniques  ONNX export, ONNX Runtime graphs, calibration, quantization, engines, compression,
+                decoding, the KV cache and batching
+    serving     the vLLM server and the load generator
     models      the offline model zoo: digits ResNet, all-MiniLM-L6-v2, the course's small Llama
-    bench       timing done right: warm-up, repetitions, percentiles, alternating A/B rounds
-    metrics     the metrics convention notebooks use, and threshold checks per hardware profile
-    runner      executes notebooks with papermill and writes the summary table and report
+    course      lab release, grading one notebook, notebook validation, the papermill runner
+    autograde   the class-scale autograder
     quiz        the quiz bank, generation, grading and LMS exports
+Importing the package changes nothing in the environment; entry points call
+``optcourse.core.paths.apply_offline_environment()``.
 """
-from optcourse.paths import apply_offline_environment
-
-apply_offline_environment()
 
 __version__ = "0.1.0"

@@ -44,4 +44,4 @@ gpu=$("$python" -c "import torch; assert torch.cuda.is_available(), 'PyTorch see
 slug=$(echo "$gpu" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-//; s/-$//')
 out=${REPORT_DIR:-results/gpu/$slug}
 echo "GPU runner on $gpu -> $out"
-exec "$python" -m optcourse.runner --profile cuda --full --include "${INCLUDE:-labs,lectures}" --out "$out" "$@"
+exec "$python" -m optcourse.course.runner --profile cuda --full --include "${INCLUDE:-labs,lectures}" --out "$out" "$@"

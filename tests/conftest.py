@@ -1,10 +1,11 @@
-"""Shared fixtures. Importing optcourse sets the offline environment (HF_HUB_OFFLINE=1, caches in .cache)."""
+"""Shared fixtures, and the offline environment (HF_HUB_OFFLINE=1, caches in .cache) for every test."""
 import pathlib
 
 import pytest
 
-import optcourse  # noqa: F401  (sets the offline environment for every test)
-from optcourse.paths import REPO_ROOT
+from optcourse.core.paths import REPO_ROOT, apply_offline_environment
+
+apply_offline_environment()  # explicit: importing optcourse changes no environment variable
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +25,7 @@ class NotebookExecutions:
         self.runs = {}
 
     def __call__(self, path: pathlib.Path):
-        from optcourse.runner import execute
+        from optcourse.course.runner import execute
 
         path = pathlib.Path(path).resolve()
         if path not in self.runs:
@@ -33,32 +34,31 @@ class NotebookExecutions:
 
     @property
     def profile(self) -> str:
-        from optcourse.hardware import resolve_profile
+        from optcourse.core.hardware import resolve_profile
 
         return resolve_profile("auto")
 
 
 @pytest.fixture(scope="session")
 def executed_notebook(tmp_path_factory):
-    """``executed_notebook(path)`` -> optcourse.runner.NotebookRun (``.output`` is the executed notebook)."""
+    """``executed_notebook(path)`` -> optcourse.course.runner.NotebookRun (``.output`` is the executed notebook)."""
     return NotebookExecutions(tmp_path_factory.mktemp("notebook-runs"))
 
 
-def _read_clean_notebook(path):
-    """Read ``path``, assert it is valid, committed without outputs and has exactly one ``parameters``
-    cell; return ``(notebook, parameters cell source)``."""
+def _read_notebook_with_parameters(path):
+    """Read ``path``, assert it is valid and has exactly one ``parameters`` cell; return ``(notebook,
+    parameters cell source)``. (Committed without outputs: tests/test_repo.py checks every notebook once.)"""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code), f"{path}: commit without outputs"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, f"{path}: exactly one cell tagged 'parameters'"
     return nb, params[0].source
 
 
 @pytest.fixture(scope="session")
-def read_clean_notebook():
-    """``read_clean_notebook(path)`` -> (notebook, parameters source), after the committed-clean checks."""
-    return _read_clean_notebook
+def read_notebook_with_parameters():
+    """``read_notebook_with_parameters(path)`` -> (notebook, parameters source)."""
+    return _read_notebook_with_parameters

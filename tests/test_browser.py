@@ -29,8 +29,8 @@ import urllib.request
 
 import pytest
 
-from optcourse.paths import REPO_ROOT, offline_environment
-from optcourse.release import lab_names
+from optcourse.core.paths import REPO_ROOT, offline_environment
+from optcourse.course.release import lab_names
 
 from tests.processes import group_alive
 

@@ -32,7 +32,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from optcourse.paths import REPO_ROOT
+from optcourse.core.paths import REPO_ROOT
 
 
 def read(name: str) -> str:
@@ -861,9 +861,9 @@ def test_every_import_of_the_course_is_in_both_environments():
 def test_the_import_check_catches_an_uncovered_import():
     installed, cpu_lock, gpu_lock, environment = coverage_inputs()
     uses = [ModuleUse("left_pad_nowhere", "lectures/x.ipynb cell 1", False),
-            ModuleUse("pynvml", "optcourse/profiling.py", True),
-            ModuleUse("yaml", "optcourse/metrics.py", False),
-            ModuleUse("traitlets", "optcourse/release.py", False)]
+            ModuleUse("pynvml", "optcourse/measure/profiling.py", True),
+            ModuleUse("yaml", "optcourse/measure/thresholds.py", False),
+            ModuleUse("traitlets", "optcourse/course/release.py", False)]
     problems = uncovered_imports(uses, installed, cpu_lock - {"pyyaml"}, gpu_lock,
                                  environment - {"nvidia-ml-py", "pyyaml"})
     assert any("import left_pad_nowhere (lectures/x.ipynb cell 1): not installed" in p for p in problems), problems

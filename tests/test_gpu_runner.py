@@ -45,7 +45,8 @@ def test_gpu_runner_without_papermill_asks_for_the_wheels(repo_root, tmp_path):
 def test_cuda_thresholds_hold_for_the_committed_gpu_run(repo_root):
     """cuda.yaml was set from results/gpu/*: every rule that applies there has a measured value that passes
     (a threshold raised past what the GPU measured, or a metric renamed, fails here)."""
-    from optcourse.metrics import check_thresholds, load_thresholds, read_run
+    from optcourse.measure.metrics import read_run
+    from optcourse.measure.thresholds import check_thresholds, load_thresholds
 
     thresholds = load_thresholds("cuda")
     runs = sorted((repo_root / "results" / "gpu").glob("*/metrics"))

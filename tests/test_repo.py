@@ -50,3 +50,12 @@ def test_makefile_has_the_documented_targets(repo_root):
     for target in ("setup", "run", "test", "lab", "release", "lock"):
         assert re.search(rf"^{target}:", makefile, re.M), target
     assert "127.0.0.1" in makefile
+
+
+def test_make_help_lists_every_target_once(repo_root):
+    makefile = (repo_root / "Makefile").read_text()
+    phony = set(re.search(r"^\.PHONY:(.*)$", makefile, re.M).group(1).split())
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=repo_root, capture_output=True, text=True,
+                         check=True).stdout
+    listed = re.findall(r"^  ([a-z][a-z-]*) +\S", out, re.M)
+    assert sorted(listed) == sorted(phony | {"setup"}), f"make help lists {listed}; targets: {sorted(phony)}"

@@ -25,7 +25,7 @@ import zipfile
 
 import pytest
 
-from optcourse.paths import REPO_ROOT
+from optcourse.core.paths import REPO_ROOT
 from tests.test_browser import in_ci
 
 CACHE = REPO_ROOT / ".cache" / "tensorrt-bindings"

@@ -11,7 +11,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from optcourse.autograde.sandbox import sandbox_available
-    from optcourse.paths import apply_offline_environment
+    from optcourse.core.paths import apply_offline_environment
 
     p = argparse.ArgumentParser(prog="python -m optcourse.autograde", description=__doc__.splitlines()[0])
     p.add_argument("lab", help="lab name, e.g. lab02_quantization (its nbgrader source is SOURCE_DIR/LAB)")

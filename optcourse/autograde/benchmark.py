@@ -14,7 +14,7 @@ import shutil
 import statistics
 import tempfile
 
-from optcourse.paths import AUTOGRADER_DIR
+from optcourse.core.paths import AUTOGRADER_DIR
 
 DEMO = AUTOGRADER_DIR / "samples" / "demo_lab"
 KINDS = ("good", "partial", "blank")

@@ -28,7 +28,7 @@ import shutil
 import sys
 
 from optcourse.autograde import attacks
-from optcourse.paths import AUTOGRADER_DIR
+from optcourse.core.paths import AUTOGRADER_DIR
 
 LABS_NOTES_DIR = AUTOGRADER_DIR / "labs"
 KINDS = ("solution", "blank", "mistakes", "attacks")
@@ -123,7 +123,7 @@ def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[M
     """Write the notebooks to grade into ``folder``; returns student id -> "solution", "blank" or its mistakes."""
     import nbformat
 
-    from optcourse.release import LABS_DIR, SOLUTIONS_DIR
+    from optcourse.course.release import LABS_DIR, SOLUTIONS_DIR
 
     folder.mkdir(parents=True, exist_ok=True)
     solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
@@ -153,7 +153,7 @@ def leaked_lines(lab: str, graded: pathlib.Path, students) -> list[str]:
     import nbformat
 
     from optcourse.autograde.pipeline import HIDDEN_RE
-    from optcourse.release import SOLUTIONS_DIR
+    from optcourse.course.release import SOLUTIONS_DIR
 
     squash = lambda text: re.sub(r"[\s\u200b-\u200f\u2060\ufeff]+", "", text)  # noqa: E731
     solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
@@ -216,7 +216,7 @@ def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bo
 
 def main(argv: list[str] | None = None) -> int:
     from optcourse.autograde.sandbox import sandbox_available
-    from optcourse.paths import apply_offline_environment
+    from optcourse.core.paths import apply_offline_environment
 
     p = argparse.ArgumentParser(prog="python -m optcourse.autograde.catalogue", description=__doc__.splitlines()[0])
     p.add_argument("lab")

@@ -9,7 +9,7 @@ check's limit, scores 0 and is flagged, and never blocks the batch. The child se
 result, which the parent clamps to the check's points.
 
 ``OnnxClassifierCheck`` measures the model against a reference artifact built in the same run
-(``optcourse.bench.compare``: alternating rounds, medians of per-round ratios, one pinned thread), on
+(``optcourse.measure.bench.compare``: alternating rounds, medians of per-round ratios, one pinned thread), on
 grader-only data (``digits_heldout``: a fixed transformation of the digits test split, images no notebook
 has), and with ``match_reference`` first checks that the artifact IS the course model quantized: the same
 layers (no operator the reference does not use, no control flow), every weight of the reference found,
@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from optcourse.paths import AUTOGRADER_DIR
+from optcourse.core.paths import AUTOGRADER_DIR
 
 MAX_MODEL_BYTES = 64 << 20
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -76,7 +76,7 @@ class PerfContext:
 
     def resolved_profile(self) -> str:
         if self.profile is None:
-            from optcourse.hardware import resolve_profile
+            from optcourse.core.hardware import resolve_profile
 
             self.profile = resolve_profile("auto")
         return self.profile
@@ -399,7 +399,7 @@ class OnnxClassifierCheck:
         return float((cls.predict(session, x) == y).mean())
 
     def run(self, path: pathlib.Path, ctx: PerfContext) -> CheckResult:
-        from optcourse.bench import compare, ort_session
+        from optcourse.measure.bench import compare, ort_session
 
         data = load_onnx_safely(path)
         notes = []

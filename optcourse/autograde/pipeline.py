@@ -124,7 +124,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     import nbformat
     from nbgrader.apps import NbGraderAPI
 
-    from optcourse.release import nbgrader_config
+    from optcourse.course.release import nbgrader_config
 
     lab_src = pathlib.Path(source_dir) / lab
     notebooks = sorted(lab_src.glob("*.ipynb"))
@@ -449,7 +449,7 @@ def write_gradebook(db_url: str, info: LabInfo, source_dir: pathlib.Path, result
     from nbgrader.api import Gradebook, MissingEntry
     from nbgrader.apps import NbGraderAPI
 
-    from optcourse.release import nbgrader_config
+    from optcourse.course.release import nbgrader_config
 
     db_file = db_url[len("sqlite:///"):] if db_url.startswith("sqlite:///") else None
     if db_file and not os.path.exists(db_file):  # a new gradebook: start from the template's (lab, no students)
@@ -561,7 +561,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     ``limit_overrides`` (``cell_timeout_s``, ``notebook_timeout_s``, ``memory_gb``) applied."""
     from tqdm.auto import tqdm
 
-    from optcourse.release import SOLUTIONS_DIR
+    from optcourse.course.release import SOLUTIONS_DIR
 
     start = time.monotonic()
     source_dir = pathlib.Path(source_dir or SOLUTIONS_DIR)

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from optcourse.paths import PACKAGE_DIR, REPO_ROOT
+from optcourse.core.paths import PACKAGE_DIR, REPO_ROOT
 
 SANDBOX_ROOT = "/grading"
 KERNEL_NAME = "optcourse-sandbox"
@@ -240,7 +240,7 @@ def _mount_script(new_root: str, grading: str, limits: Limits, uid: int = UID_BA
 
 
 def _environment(uid: int, limits: Limits) -> dict[str, str]:
-    from optcourse.paths import offline_environment
+    from optcourse.core.paths import offline_environment
 
     home = f"{SANDBOX_ROOT}/home"
     env = offline_environment(pathlib.Path(home) / ".cache")

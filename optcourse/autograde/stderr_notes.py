@@ -3,7 +3,7 @@
 nbgrader scores 0 any graded code cell with a ``stderr`` stream output (``nbgrader.utils.determine_grade``),
 so correct code that makes a library print a warning (torch's ``UserWarning`` on ``torch.tensor(tensor)``,
 a deprecation notice) would lose the test's points. This preprocessor runs right after execution, before
-nbgrader saves the grades, in the class autograder (``inner``), the unsandboxed helper (``optcourse.grading``)
+nbgrader saves the grades, in the class autograder (``inner``), the unsandboxed helper (``optcourse.course.grade_notebook``)
 and ``make validate``: each stderr output of a graded test cell is kept, as stdout text under ``NOTE``.
 A failing test still fails: failure is an error output, which this leaves alone.
 """

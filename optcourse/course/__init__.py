@@ -1,1 +1,2 @@
-"""Course-level tooling: what the course publishes and how it is put together."""
+"""Running the course: releasing labs, grading one notebook, checking a notebook, executing notebooks, and
+the distribution students receive."""

@@ -24,8 +24,8 @@ import zipfile
 import nbformat
 import yaml
 
-from optcourse.paths import REPO_ROOT
-from optcourse.release import SOLUTIONS_DIR, ignored, lab_names, nbgrader_config
+from optcourse.core.paths import REPO_ROOT
+from optcourse.course.release import SOLUTIONS_DIR, ignored, lab_names, nbgrader_config
 
 BUILD_DIR = REPO_ROOT / "build" / "student-dist"
 LIBRARY = "optcourse"
@@ -37,7 +37,7 @@ STUDENT_FILES = ("pyproject.toml", "environment.yml", "Makefile", "Dockerfile", 
                  "autograder/nbgrader_config.py", "quiz/take_quiz.ipynb")
 # What students run: these notebooks' imports and `make validate` decide which library modules ship.
 ENTRY_NOTEBOOKS = ("labs/*/*.ipynb", "lectures/*.ipynb", "quiz/take_quiz.ipynb")
-ENTRY_MODULES = ("optcourse.validate",)
+ENTRY_MODULES = ("optcourse.course.validate",)
 README_TEMPLATE = pathlib.Path(__file__).with_name("student_README.md")
 LABS_TABLE_MARK = "<!-- labs table -->"
 QUIZ_BANK_DIR = REPO_ROOT / "quiz" / "bank"
@@ -129,7 +129,7 @@ def library_closure(notebooks: list[pathlib.Path], modules: tuple[str, ...] = EN
         parts = name.split(".")
         pending |= {".".join(parts[:i]) for i in range(1, len(parts))}
         path = module_file(name, root)
-        if path is None:  # `from optcourse.bench import Timer`: a name in a module, not a module
+        if path is None:  # `from optcourse.measure.bench import Timer`: a name in a module, not a module
             continue
         files.add(path)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from optcourse.paths import ASSETS_DIR
+from optcourse.core.paths import ASSETS_DIR
 
 WEIGHTS_PATH = ASSETS_DIR / "digits_resnet.safetensors"
 IMAGE_SIZE = 64

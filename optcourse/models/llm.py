@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from optcourse.paths import ASSETS_DIR
+from optcourse.core.paths import ASSETS_DIR
 
 LLM_DIR = ASSETS_DIR / "course-llama"
 HELDOUT_TEXT_PATH = ASSETS_DIR / "course-llama-heldout.txt"
@@ -49,3 +49,16 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 512, max_tokens: int 
     from optcourse.models.train_llm import heldout_perplexity
 
     return heldout_perplexity(model, tokenizer, text, seq_len=seq_len, max_tokens=max_tokens)
+
+
+def window_loss(model, windows) -> float:
+    """Mean next-token cross-entropy of ``model`` on ``windows`` (a ``(n, seq_len + 1)`` tensor of token
+    ids: each row predicts its tokens 1.. from 0..), without gradients; the model's train/eval mode is kept."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(windows[:, :-1]).logits
+    model.train(was_training)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item()

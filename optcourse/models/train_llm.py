@@ -117,7 +117,9 @@ def _wrap_tokenizer(tok):
                                    **SPECIAL_TOKENS)
 
 
-def _encode_docs(tokenizer, text: str, eos_id: int):
+def encode_docs(tokenizer, text: str, eos_id: int):
+    """Token ids of ``text`` as the course tokenizes for training and perplexity: documents split at blank
+    lines, each followed by ``eos_id``; a 1-D long tensor."""
     import torch
 
     ids = []
@@ -130,7 +132,7 @@ def heldout_perplexity(model, tokenizer, text: str, seq_len: int = 512, max_toke
     """Perplexity over non-overlapping windows of the held-out text (the labs' definition)."""
     import torch
 
-    ids = _encode_docs(tokenizer, text, tokenizer.eos_token_id)
+    ids = encode_docs(tokenizer, text, tokenizer.eos_token_id)
     if max_tokens:
         ids = ids[:max_tokens]
     device = next(model.parameters()).device
@@ -157,7 +159,7 @@ def train_model(corpus_dir: pathlib.Path, tokenizer_dir: pathlib.Path, out_dir: 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     with gzip.open(corpus_dir / "train.txt.gz", "rt", encoding="utf-8") as f:
-        train_ids = _encode_docs(tokenizer, f.read(), tokenizer.eos_token_id)
+        train_ids = encode_docs(tokenizer, f.read(), tokenizer.eos_token_id)
     heldout_text = (corpus_dir / "heldout.txt").read_text(encoding="utf-8")
     config = LlamaConfig(**MODEL_CONFIG, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -168,7 +170,7 @@ def train_model(corpus_dir: pathlib.Path, tokenizer_dir: pathlib.Path, out_dir: 
     n_windows = (len(train_ids) - 1) // seq_len
     windows = train_ids[: n_windows * seq_len + 1]
     # a fixed slice of held-out text scores checkpoints; the best one is kept (early stopping)
-    val_ids = _encode_docs(tokenizer, heldout_text, tokenizer.eos_token_id)[: 64 * seq_len + 1]
+    val_ids = encode_docs(tokenizer, heldout_text, tokenizer.eos_token_id)[: 64 * seq_len + 1]
     val_batch = val_ids[: (len(val_ids) - 1) // seq_len * seq_len + 1]
     val_x = val_batch[:-1].view(-1, seq_len).to(device)
     val_y = val_batch[1:].view(-1, seq_len).to(device)
@@ -233,6 +235,9 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    from optcourse.core.paths import apply_offline_environment
+
+    apply_offline_environment()  # the tokenizer and model libraries must not reach a model hub
     if args.step == "corpus":
         print(build_corpus(args.corpus_dir))
     elif args.step == "tokenizer":

@@ -132,9 +132,9 @@ def lab01_artifacts(tmp_path_factory):
     """What lab01's Task 3 saves (outputs/digits_int8_t3.onnx): the digits ResNet exported with input "x",
     percentile thresholds from calibration statistics, a U8S8 per-channel QDQ model; and an FP32 model
     under the same name."""
-    from optcourse import calibration as cal
-    from optcourse import engines
-    from optcourse import onnx_export as ox
+    from optcourse.techniques import calibration as cal
+    from optcourse.techniques import engines
+    from optcourse.techniques import export as ox
     from optcourse.models.digits import load_digits_data, load_digits_resnet
 
     d = tmp_path_factory.mktemp("lab01")
@@ -154,7 +154,7 @@ def lab01_artifacts(tmp_path_factory):
 def test_lab01_registers_its_int8_artifact():
     [c] = perf.checks_for("lab01_tensorrt_int8")
     assert c.artifact == "outputs/digits_int8_t3.onnx" and c.require_int8 and c.points == 2
-    from optcourse.metrics import load_thresholds
+    from optcourse.measure.thresholds import load_thresholds
 
     for profile in ("cpu", "cuda"):  # the lab's own thresholds of each profile
         ctx = perf.PerfContext(lab="lab01_tensorrt_int8", profile=profile)
@@ -297,7 +297,7 @@ def test_grader_data_is_not_the_public_split(models):
     flat = x.reshape(len(x), -1).astype(np.float64)
     dist = (flat ** 2).sum(1)[:, None] + (public.astype(np.float64) ** 2).sum(1)[None] - 2 * flat @ public.T
     assert (dist.min(1) > 1.0).all()  # not one grader image is (nearly) a public one
-    from optcourse.bench import ort_session
+    from optcourse.measure.bench import ort_session
 
     ref = ort_session(models["fp32"])
     assert perf.OnnxClassifierCheck.accuracy(ref, x, y) >= 0.95  # the reference still classifies them

@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 from optcourse.autograde import Limits, grade_batch, sandbox_available
-from optcourse.paths import AUTOGRADER_DIR
+from optcourse.core.paths import AUTOGRADER_DIR
 
 SAMPLES = AUTOGRADER_DIR / "samples" / "demo_lab"
 sys.path.insert(0, str(AUTOGRADER_DIR / "samples"))

@@ -7,7 +7,7 @@ import pytest
 
 from optcourse.autograde import catalogue, pipeline
 from optcourse.autograde.perf import CheckResult
-from optcourse.release import SOLUTIONS_DIR, lab_names
+from optcourse.course.release import SOLUTIONS_DIR, lab_names
 
 
 def mistake(mid, cells, loses):

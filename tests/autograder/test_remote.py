@@ -11,7 +11,7 @@ import torch
 
 from optcourse.autograde import remote
 from optcourse.autograde.tester import RunnerProcess, prelude
-from optcourse.bench import Comparison, Stats
+from optcourse.measure.bench import Comparison, Stats
 
 
 def _codec():
@@ -90,7 +90,7 @@ def test_other_objects_stay_behind_a_handle():
 
 @pytest.mark.parametrize("data", [
     {"$dataclass": "os:system", "fields": {}},                       # not a library class
-    {"$dataclass": "optcourse.paths:REPO_ROOT", "fields": {}},       # not a dataclass
+    {"$dataclass": "optcourse.core.paths:REPO_ROOT", "fields": {}},       # not a dataclass
     {"$torch_module": "subprocess:Popen", "training": False, "attrs": {"$dict": []}},
     {"$tensor": "bm90IG5weQ==", "dtype": "float32"},                 # not .npy bytes
     {"$torch_dtype": "nn"},
@@ -166,7 +166,7 @@ def kernel(tmp_path_factory):
 
     run("""
 import numpy as np, torch
-from optcourse.kvcache import NoFreeBlocks
+from optcourse.techniques.kvcache import NoFreeBlocks
 def absmax(x, axis=None):
     return np.abs(x).max(axis=axis)
 class Reader:
@@ -197,7 +197,7 @@ get_ipython().input_transformers_post.append(lambda lines: ["pass\\n"])
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
-    process = RunnerProcess(["import numpy as np", "import torch", "from optcourse.kvcache import NoFreeBlocks",
+    process = RunnerProcess(["import numpy as np", "import torch", "from optcourse.techniques.kvcache import NoFreeBlocks",
                              "from optcourse.testing import autograd_probe, in_kernel",
                              "def helper(v):\n    return v + 1",
                              "def scaled(v, k=SCALE):\n    return v * k"], cwd=str(tmp_path_factory.mktemp("runner")))

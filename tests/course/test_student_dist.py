@@ -24,8 +24,8 @@ import nbformat
 import pytest
 
 from optcourse.course import student_dist as sd
-from optcourse.paths import REPO_ROOT
-from optcourse.release import SOLUTIONS_DIR, lab_names, nbgrader_config
+from optcourse.core.paths import REPO_ROOT
+from optcourse.course.release import SOLUTIONS_DIR, lab_names, nbgrader_config
 
 LABS = lab_names()
 

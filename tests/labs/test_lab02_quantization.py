@@ -15,9 +15,9 @@ import torch
 import yaml
 from torch import nn
 
-import optcourse.quantization as Q
-from optcourse.paths import AUTOGRADER_DIR
-from optcourse.release import LABS_DIR, SOLUTIONS_DIR
+import optcourse.techniques.quantization as Q
+from optcourse.core.paths import AUTOGRADER_DIR
+from optcourse.course.release import LABS_DIR, SOLUTIONS_DIR
 
 LAB = "lab02_quantization"
 SOLUTION = SOLUTIONS_DIR / LAB / f"{LAB}.ipynb"
@@ -39,8 +39,8 @@ def solution():
     return nbformat.read(SOLUTION, as_version=4)
 
 
-def test_solution_notebook_is_clean_and_well_formed(read_clean_notebook):
-    nb, params = read_clean_notebook(SOLUTION)
+def test_solution_notebook_is_clean_and_well_formed(read_notebook_with_parameters):
+    nb, params = read_notebook_with_parameters(SOLUTION)
     assert all(k in params for k in ("device", "smoke", "metrics_path", "output_dir"))
     limits = nb.metadata["optcourse"]["grading"]
     assert isinstance(limits["cell_timeout_s"], int) and isinstance(limits["notebook_timeout_s"], int)

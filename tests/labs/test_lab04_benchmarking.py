@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from optcourse.autograde import catalogue
-from optcourse.paths import REPO_ROOT
+from optcourse.core.paths import REPO_ROOT
 
 LAB = "lab04_benchmarking"
 SOLUTION = REPO_ROOT / "solutions" / LAB / f"{LAB}.ipynb"
@@ -30,8 +30,8 @@ def cells_by_id(nb) -> dict:
     return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells if c.metadata.get("nbgrader")}
 
 
-def test_solution_notebook_structure(read_clean_notebook):
-    nb, params = read_clean_notebook(SOLUTION)
+def test_solution_notebook_structure(read_notebook_with_parameters):
+    nb, params = read_notebook_with_parameters(SOLUTION)
     assert "smoke = True" in params and "price_per_hour" in params
     code = [c for c in nb.cells if c.cell_type == "code"]
     graded = {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]["points"]
@@ -77,14 +77,14 @@ def _run_test_cell(nb, gid: str, namespace: dict) -> None:
 
 
 def _task8_namespace(ci):
-    from optcourse import scenarios
+    from optcourse.measure import scenarios
 
     return {"np": np, "scenarios": scenarios, "bootstrap_speedup_ci": ci,
             "b_is_faster": lambda a, b, alpha=0.05: scenarios.mann_whitney(a, b)["p_value"] < alpha}
 
 
 def test_task8_test_accepts_other_correct_bootstraps(nb):
-    from optcourse import scenarios
+    from optcourse.measure import scenarios
 
     def by_loop(a, b, n_boot=2000, confidence=0.95, seed=0):  # other draws from the generator: same distribution
         a, b, rng = np.asarray(a), np.asarray(b), np.random.default_rng(seed)
@@ -97,7 +97,7 @@ def test_task8_test_accepts_other_correct_bootstraps(nb):
 
 
 def test_task8_test_rejects_a_90_percent_interval(nb):
-    from optcourse import scenarios
+    from optcourse.measure import scenarios
 
     def ninety(a, b, n_boot=2000, confidence=0.95, seed=0):
         return scenarios.bootstrap_speedup_ci(a, b, n_boot=n_boot, confidence=2 * confidence - 1, seed=seed)
@@ -107,7 +107,7 @@ def test_task8_test_rejects_a_90_percent_interval(nb):
 
 
 def test_task2_test_passes_the_library_timer(nb):
-    from optcourse import scenarios
+    from optcourse.measure import scenarios
 
     given = next(c.source for c in nb.cells if c.source.startswith("class FakeDevice"))
     ns = {"np": np, "math": math}
@@ -117,7 +117,7 @@ def test_task2_test_passes_the_library_timer(nb):
 
 
 def test_task4_test_passes_the_library_and_rejects_no_warmup(nb):
-    from optcourse import scenarios
+    from optcourse.measure import scenarios
 
     sizes = {"queries": 20, "offline_repeat": 4, "server_queries": 500}
 

@@ -21,7 +21,7 @@ import pytest
 
 from optcourse.autograde import catalogue
 from optcourse.autograde.sandbox import sandbox_available
-from optcourse.release import lab_names
+from optcourse.course.release import lab_names
 
 SANDBOX, WHY = sandbox_available()
 

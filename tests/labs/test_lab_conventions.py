@@ -12,7 +12,7 @@ import pytest
 
 from optcourse.autograde.catalogue import LABS_NOTES_DIR
 from optcourse.autograde.pipeline import lab_limits
-from optcourse.release import LABS_DIR, SOLUTIONS_DIR, lab_names
+from optcourse.course.release import LABS_DIR, SOLUTIONS_DIR, lab_names
 
 
 @pytest.fixture(params=lab_names())

@@ -12,8 +12,8 @@ from optcourse.quiz.grade import grade_all
 NOTEBOOK = bank_module.QUIZ_DIR / "take_quiz.ipynb"
 
 
-def test_notebook_is_committed_clean_with_a_parameters_cell(read_clean_notebook):
-    _, parameters = read_clean_notebook(NOTEBOOK)
+def test_notebook_is_committed_clean_with_a_parameters_cell(read_notebook_with_parameters):
+    _, parameters = read_notebook_with_parameters(NOTEBOOK)
     assert "quiz_file" in parameters and "response_file" in parameters
 
 

@@ -1,0 +1,1 @@
+"""Serving: the vLLM server process and the load generator that measures it."""

@@ -1,0 +1,40 @@
+import pytest
+
+from optcourse.core import hardware
+
+
+def test_auto_picks_cpu_without_gpu(monkeypatch):
+    monkeypatch.setattr(hardware, "cuda_available", lambda: False)
+    assert hardware.resolve_profile("auto") == "cpu"
+    assert hardware.resolve_profile(" CPU ") == "cpu"
+
+
+def test_auto_picks_cuda_with_gpu(monkeypatch):
+    monkeypatch.setattr(hardware, "cuda_available", lambda: True)
+    assert hardware.resolve_profile("auto") == "cuda"
+    assert hardware.resolve_profile(None) == "cuda"
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown hardware profile 'tpu'.*auto, cpu, cuda"):
+        hardware.resolve_profile("tpu")
+
+
+def test_cuda_requested_without_gpu_is_an_error_not_a_fallback(monkeypatch):
+    monkeypatch.setattr(hardware, "cuda_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        hardware.resolve_profile("cuda")
+
+
+def test_capabilities_report_real_backends():
+    caps = hardware.capabilities()
+    assert caps["torch"] and caps["onnxruntime"]
+    assert "CPUExecutionProvider" in caps["ort_providers"]
+    # the CPU build of vLLM is in the lock; TensorRT is a GPU-only package
+    assert caps["vllm"] is not None
+    assert caps["cuda"] is hardware.cuda_available()
+
+
+def test_describe_path_says_which_path():
+    assert "not installed" in hardware.describe_path("TensorRT", False, "engine", "ONNX Runtime CPU")
+    assert hardware.describe_path("TensorRT", True, "engine", "ORT") == "TensorRT: engine"

@@ -1,0 +1,76 @@
+"""The notebook harness: parameters in, metrics out, failures reported with their cell, run goes on."""
+import json
+
+import nbformat
+import pytest
+
+from optcourse.course import runner
+
+
+def make_notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('device = "auto"\nsmoke = True\nmetrics_path = None\noutput_dir = "outputs"',
+                                       metadata={"tags": ["parameters"]})
+    nb.cells = [params] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def notebooks(tmp_path):
+    good = make_notebook(tmp_path / "good.ipynb",
+                         "from optcourse.measure.metrics import MetricsRecorder\n"
+                         "from optcourse.core.hardware import resolve_profile\n"
+                         "m = MetricsRecorder('good', metrics_path, resolve_profile(device))\n"
+                         "m.record_path('TensorRT', False, 'TensorRT engines', 'the CPU provider')\n"
+                         "m.record('score', 3.0 if smoke else 5.0)")
+    bad = make_notebook(tmp_path / "bad.ipynb", "x = 1", "raise ValueError('the model file is missing')", "y = 2")
+    thresholds = tmp_path / "thresholds"
+    thresholds.mkdir()
+    (thresholds / "cpu.yaml").write_text("good:\n  score: {min: 2}\nbad:\n  score: {min: 1}\n")
+    return good, bad, thresholds
+
+
+@pytest.mark.timeout(300)
+def test_runner_reports_metrics_failures_and_exit_code(notebooks, tmp_path, capsys):
+    good, bad, thresholds = notebooks
+    out = tmp_path / "results"
+    code = runner.main(["--profile", "cpu", "--notebook", str(bad), "--notebook", str(good), "--include", "labs",
+                        "--out", str(out), "--thresholds-dir", str(thresholds), "--cell-timeout", "120"])
+    assert code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {(r["item"], r["metric"]): r for r in summary["rows"]}
+    assert rows[("bad", "executes")]["passed"] is False
+    assert "In [4]" in rows[("bad", "executes")]["note"] and "the model file is missing" in rows[("bad", "executes")]["note"]
+    assert rows[("bad", "score")]["passed"] is False  # never reported: silence does not pass
+    # the good notebook still ran after the bad one, with smoke parameters injected
+    assert rows[("good", "executes")]["passed"] is True
+    assert rows[("good", "score")]["measured"] == 3.0 and rows[("good", "score")]["passed"] is True
+    printed = capsys.readouterr().out
+    assert "| good" in printed and "FAIL" in printed
+    report = (out / "report.md").read_text()
+    assert "the model file is missing" in report and (out / "report.html").exists()
+    assert (out / "thresholds.png").exists()
+    assert "good: TensorRT is not installed here; using the CPU provider" in report   # the path each notebook took
+
+    # --keep adds a later job's notebooks to the same report (a long GPU run split over jobs); without it, a fresh report
+    args = ["--profile", "cpu", "--notebook", str(good), "--include", "labs", "--out", str(out), "--thresholds-dir", str(thresholds)]
+    runner.main(args + ["--keep"])
+    assert {r["item"] for r in json.loads((out / "summary.json").read_text())["rows"]} == {"good", "bad"}
+    assert runner.main(args) == 0
+    assert {r["item"] for r in json.loads((out / "summary.json").read_text())["rows"]} == {"good"}
+
+
+def test_runner_rejects_unknown_profile_and_missing_notebook(tmp_path, capsys):
+    assert runner.main(["--profile", "tpu", "--out", str(tmp_path)]) == 2
+    assert "unknown hardware profile" in capsys.readouterr().err
+    assert runner.main(["--profile", "cpu", "--notebook", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert runner.main(["--profile", "cpu", "--include", "slides", "--out", str(tmp_path)]) == 2
+
+
+def test_format_table_shows_pass_and_fail():
+    table = runner.format_table([{"item": "a", "metric": "m", "measured": 1.23456, "threshold": ">= 1", "passed": True},
+                                 {"item": "b", "metric": "m", "measured": None, "threshold": ">= 1", "passed": False}])
+    assert "1.235" in table and "PASS" in table and "FAIL" in table and "—" in table

@@ -1,0 +1,131 @@
+"""Unit tests of optcourse.techniques.compression (seconds; no timings asserted)."""
+import pytest
+import torch
+
+from optcourse.techniques import compression
+
+
+def test_lora_starts_at_base_and_merges_exactly():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 12)
+    layer = compression.LoRALinear(base, r=4, alpha=8)
+    x = torch.randn(5, 16)
+    assert torch.allclose(layer(x), base(x))  # B = 0 at init
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert not torch.allclose(layer(x), base(x))
+    assert torch.allclose(layer.merged()(x), layer(x), atol=1e-5)
+    assert not base.weight.requires_grad and layer.lora_A.requires_grad
+
+
+def test_apply_lora_freezes_and_counts():
+    model = torch.nn.Sequential()
+    model.add_module("q_proj", torch.nn.Linear(8, 8, bias=False))
+    model.add_module("o_proj", torch.nn.Linear(8, 8, bias=False))
+    wrapped = compression.apply_lora(model, ("q_proj",), r=2)
+    assert wrapped == ["q_proj"]
+    trainable, total = compression.count_parameters(model)
+    assert trainable == 2 * 8 + 8 * 2 and total == 128 + trainable
+    assert compression.merge_lora(model) == 1 and not any(isinstance(m, compression.LoRALinear) for m in model.modules())
+
+
+def test_nf4_construction_matches_published_levels():
+    assert torch.allclose(compression.nf4_codebook(), compression.NF4_LEVELS, atol=1e-4)
+
+
+def test_nf4_beats_int4_on_normal_weights_and_double_quant_saves_bits():
+    torch.manual_seed(0)
+    w = torch.randn(256, 256) * 0.02
+    err = {}
+    for name, cb in (("nf4", compression.NF4_LEVELS), ("int4", compression.int4_codebook())):
+        q = compression.quantize_nf4(w, 64, codebook=cb)
+        assert q.codes.max() < len(cb)
+        err[name] = (compression.dequantize_nf4(q) - w).pow(2).mean().item()
+    assert err["nf4"] < err["int4"]
+    q = compression.quantize_nf4(w, 64)
+    dq = compression.quantize_nf4(w, 64, double_quant=True)
+    assert q.bits_per_parameter == pytest.approx(4.5)
+    assert dq.bits_per_parameter == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
+    assert (compression.dequantize_nf4(dq) - w).pow(2).mean().item() < 1.05 * err["nf4"]
+
+
+def test_quantize_handles_ragged_sizes():
+    w = torch.randn(7, 13)
+    back = compression.dequantize_nf4(compression.quantize_nf4(w, 64))
+    assert back.shape == w.shape and (back - w).abs().max() < 0.5 * w.abs().max()
+
+
+def _tiny_classifier():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 10)).eval()
+
+
+def test_pruned_copy_reaches_the_sparsity_and_leaves_the_original():
+    model = _tiny_classifier()
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    scores = compression.taylor_importance(model, x, y, batch_size=16)
+    assert set(scores) == {"0", "4"} and all(s.shape == m.weight.shape for s, (m, _) in
+                                             zip(scores.values(), compression.prunable_weights(model)))
+    assert compression.sparsity(model) == 0.0
+    for method in compression.PRUNING_METHODS:
+        pruned = compression.pruned_copy(model, 0.5, method, importance=scores)
+        assert compression.sparsity(pruned) == pytest.approx(0.5, abs=0.01), method
+        assert not any(hasattr(m, "weight_mask") for m in pruned.modules())  # masks baked in
+    layerwise = compression.pruned_copy(model, 0.5, "layerwise_magnitude")
+    assert all((m.weight == 0).float().mean() == pytest.approx(0.5, abs=0.02) for m, _ in
+               compression.prunable_weights(layerwise))
+    assert compression.sparsity(model) == 0.0
+    with pytest.raises(ValueError):
+        compression.pruned_copy(model, 0.5, "global_taylor")
+    with pytest.raises(ValueError):
+        compression.pruned_copy(model, 0.5, "random")
+
+
+def test_two_four_mask_keeps_the_two_largest_of_every_four():
+    w = torch.tensor([[1.0, -4.0, 3.0, 2.0, 0.5, 0.1, -0.2, 0.3]])
+    assert compression.two_four_mask(w).tolist() == [[False, True, True, False, True, False, False, True]]
+    conv = torch.randn(8, 3, 3, 3)  # reduction dim 27: the last group is padded
+    mask = compression.two_four_mask(conv)
+    assert mask.shape == conv.shape and mask.flatten(1)[:, :24].sum(1).eq(12).all()
+
+
+def test_block_channel_pruning_and_bn_recalibration_on_the_digits_resnet():
+    from optcourse.models.digits import load_digits_resnet
+
+    teacher = load_digits_resnet()
+    slim = compression.prune_block_channels(teacher, 0.5)
+    assert slim.layer1.conv1.out_channels == teacher.layer1.conv1.out_channels // 2
+    assert slim.layer1.conv2.in_channels == slim.layer1.bn1.num_features == slim.layer1.conv1.out_channels
+    x = torch.randn(16, 1, 64, 64)
+    assert slim(x).shape == teacher(x).shape == (16, 10)
+    before = slim.layer1.bn1.running_mean.clone()
+    compression.recalibrate_bn(slim, x, batch_size=8)
+    assert not torch.equal(before, slim.layer1.bn1.running_mean) and not slim.training
+
+
+def test_finetune_lowers_the_loss_and_is_seeded():
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    loss = lambda m: torch.nn.functional.cross_entropy(m(x), y).item()  # noqa: E731
+    a = compression.finetune(_tiny_classifier(), x, y, epochs=5, lr=1e-2)
+    b = compression.finetune(_tiny_classifier(), x, y, epochs=5, lr=1e-2)
+    assert loss(a) < loss(_tiny_classifier()) and loss(a) == loss(b) and not a.training
+
+
+def test_distillation_loss_is_zero_for_equal_logits_and_students_train():
+    logits = torch.randn(4, 10)
+    assert compression.distillation_loss(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert compression.distillation_loss(logits, -logits, 4.0).item() > 0
+    x, y = torch.randn(40, 1, 64, 64), torch.randint(0, 10, (40,))
+    plain = compression.train_student(x, y, steps=3, batch_size=8)
+    kd = compression.train_student(x, y, steps=3, batch_size=8, transfer_x=x, teacher_logits=torch.randn(40, 10))
+    assert isinstance(plain, compression.StudentCNN) and not plain.training
+    assert not torch.equal(plain.net[0].weight, kd.net[0].weight)  # the soft targets changed training
+
+
+def test_nf4_roundtrip_copy_changes_only_the_named_layers():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    copied = compression.nf4_roundtrip_copy(model, ["0"], 64)
+    assert not torch.equal(copied[0].weight, model[0].weight) and torch.equal(copied[1].weight, model[1].weight)
+    expected = compression.dequantize_nf4(compression.quantize_nf4(model[0].weight, 64))
+    assert torch.equal(copied[0].weight, expected)
