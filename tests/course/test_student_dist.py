@@ -87,7 +87,7 @@ def first_secret(known, kind: str, origin_prefix: str) -> sd.Secret:
 
 @pytest.mark.parametrize("kind, origin, rel", [
     ("solution", f"solutions/{LABS[0]}", f"labs/{LABS[0]}/{LABS[0]}.ipynb"),
-    ("hidden test", f"solutions/{LABS[-1]}", "optcourse/metrics.py"),
+    ("hidden test", f"solutions/{LABS[-1]}", "optcourse/measure/metrics.py"),
     ("quiz key", "quiz/bank", "lectures/01_optimization_overview.ipynb"),
 ])
 def test_the_scan_finds_a_planted_line(dist, known_secrets, tmp_path, kind, origin, rel):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from optcourse.measure.bench import ort_session
 from optcourse.techniques import calibration as cal
 from optcourse.techniques import engines
 from optcourse.techniques.export import export_onnx
@@ -48,7 +49,6 @@ def test_quantize_qdq_for_the_cpu_uses_u8_activations_and_per_channel_int8_weigh
     assert summary["scales"]["x"][1].dtype == np.uint8
     per_channel = [v for v in summary["scales"].values() if v[0] is not None and np.size(v[0]) == 8]
     assert per_channel, "the first conv's weight should have one scale per output channel"
-    from optcourse.measure.bench import ort_session
 
     x = feeds[0]["x"]
     with torch.no_grad():
