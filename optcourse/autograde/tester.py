@@ -160,7 +160,7 @@ def _error_report(exc: BaseException, cell_name: str) -> dict:
 
 def run_cell(namespace: RunnerNamespace, command: dict, answer) -> dict:
     """Run one test cell with the kernel on the other end of the channel (see the module's protocol)."""
-    import optcourse.testing as testing
+    import optcourse.course.testing as testing
     from optcourse.autograde import remote
 
     server = remote.listen(command["address"])

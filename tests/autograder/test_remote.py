@@ -198,7 +198,7 @@ get_ipython().input_transformers_post.append(lambda lines: ["pass\\n"])
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     process = RunnerProcess(["import numpy as np", "import torch", "from optcourse.techniques.kvcache import NoFreeBlocks",
-                             "from optcourse.testing import autograd_probe, in_kernel",
+                             "from optcourse.course.testing import autograd_probe, in_kernel",
                              "def helper(v):\n    return v + 1",
                              "def scaled(v, k=SCALE):\n    return v * k"], cwd=str(tmp_path_factory.mktemp("runner")))
     yield process
