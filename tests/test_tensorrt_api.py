@@ -58,7 +58,6 @@ walk("trt", trt, 1)
 print(json.dumps({"version": trt.__version__, "names": sorted(names), "containers": sorted(containers)}))
 """
 # issue 21 item 3 rewrites Lab 1's TensorRT part; until then its prose teaches TensorRT 10's builder flags
-LAB1_PENDING = pytest.mark.xfail(strict=True, reason="issue 21 item 3: Lab 1 still names TensorRT 10's API")
 
 
 def pinned_bindings() -> str:
@@ -156,9 +155,7 @@ def course_files():
     for path in files:
         if ".ipynb_checkpoints" in path.parts or "outputs" in path.parts:
             continue
-        relative = path.relative_to(REPO_ROOT).as_posix()
-        marks = [LAB1_PENDING] if "lab01_tensorrt_int8" in relative else []
-        yield pytest.param(path, id=relative, marks=marks)
+        yield pytest.param(path, id=path.relative_to(REPO_ROOT).as_posix())
 
 
 @pytest.mark.parametrize("path", list(course_files()))

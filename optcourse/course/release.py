@@ -77,6 +77,8 @@ def student_work(current: pathlib.Path, released: pathlib.Path) -> bool:
     """Whether replacing ``current`` with ``released`` would lose something the release does not have: in a
     notebook, a solution cell or a cell of one's own whose text the new release lacks; any other file
     that differs."""
+    if _committed(current) == current.read_bytes():  # what the repository already holds is no one's unsaved work
+        return False
     if current.suffix != ".ipynb":
         return not filecmp.cmp(current, released, shallow=False)
     try:
@@ -87,6 +89,20 @@ def student_work(current: pathlib.Path, released: pathlib.Path) -> bool:
     own = [c for c in cells if c.get("metadata", {}).get("nbgrader", {}).get("solution")
            or "nbgrader" not in c.get("metadata", {})]
     return any("".join(c["source"]) not in new_sources for c in own)
+
+
+def _committed(path: pathlib.Path) -> bytes | None:
+    """The committed content of ``path`` in its git repository (None outside one, or if not committed)."""
+    import subprocess
+
+    try:
+        top = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        relative = path.resolve().relative_to(pathlib.Path(top).resolve()).as_posix()
+        return subprocess.run(["git", "-C", top, "show", f"HEAD:{relative}"], capture_output=True,
+                              check=True).stdout
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
 
 
 def install(staged: pathlib.Path, target: pathlib.Path) -> list[pathlib.Path]:

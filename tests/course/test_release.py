@@ -108,3 +108,26 @@ def test_a_release_over_an_untouched_copy_keeps_nothing_aside(fresh_release, tmp
     notebook.write_text(json.dumps(nb))  # run, not edited: outputs are no answers
     assert install(fresh_release / lab, working) == []
     assert json.loads(notebook.read_text()) == json.loads((fresh_release / lab / f"{lab}.ipynb").read_text())
+
+
+def test_a_committed_release_whose_instructor_cells_change_keeps_nothing_aside(fresh_release, tmp_path):
+    """In the instructor's repository labs/ is committed: a new release that rewrites a given cell replaces it
+    (what git holds is no one's unsaved work), while the same edit in an uncommitted copy is kept aside."""
+    import subprocess
+
+    lab = LABS[0]
+    working = tmp_path / lab
+    shutil.copytree(fresh_release / lab, working)
+    notebook = working / f"{lab}.ipynb"
+    nb = json.loads(notebook.read_text())
+    given = next(c for c in nb["cells"] if c["cell_type"] == "markdown" and "nbgrader" not in c.get("metadata", {}))
+    given["source"] = "text of the previous release"
+    notebook.write_text(json.dumps(nb))
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    assert install(fresh_release / lab, working) == []
+    given["source"] = "a student's edit, not committed"
+    notebook.write_text(json.dumps(nb))
+    assert len(install(fresh_release / lab, working)) == 1
