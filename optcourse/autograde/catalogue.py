@@ -148,21 +148,21 @@ def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[M
 
 def leaked_lines(lab: str, graded: pathlib.Path, students) -> list[str]:
     """Hidden-test lines (whitespace and invisible characters removed) found in the students' feedback."""
-    import re
+    import html
 
     import nbformat
 
-    from optcourse.autograde.pipeline import HIDDEN_RE
+    from optcourse.autograde.feedback import plain
+    from optcourse.autograde.pipeline import hidden_test_lines
     from optcourse.course.release import SOLUTIONS_DIR
 
-    squash = lambda text: re.sub(r"[\s\u200b-\u200f\u2060\ufeff]+", "", text)  # noqa: E731
+    squash = lambda text: "".join(plain(text).split())  # noqa: E731 - invisible characters and whitespace out
     solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
-    hidden = {squash(line) for cell in solution.cells for block in HIDDEN_RE.findall(cell.source)
-              for line in block.splitlines() if len(squash(line)) >= 20}
+    hidden = {squash(line) for line in hidden_test_lines(solution) if len(squash(line)) >= 20}
     problems = []
     for student in students:
         page = graded / "feedback" / f"{student}.html"
-        text = squash(__import__("html").unescape(page.read_text())) if page.is_file() else ""
+        text = squash(html.unescape(page.read_text())) if page.is_file() else ""
         found = [line for line in hidden if line in text]
         if found:
             problems.append(f"{student}: {len(found)} hidden-test line(s) in its feedback, e.g. {found[0][:80]!r}")

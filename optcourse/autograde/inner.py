@@ -63,9 +63,9 @@ def _sandbox_execute():
             original = meta.get("path")
             if original:
                 meta["path"] = _student_workdir(original)
-            self._tester, self._told_prelude = _tester_for(resources, meta["path"]), False
-            name = (resources or {}).get("nbgrader", {}).get("notebook")
-            inject_parameters(nb, _INSTRUCTOR.get(name, {}).get("parameters", ""))
+            instructor = _INSTRUCTOR.get((resources or {}).get("nbgrader", {}).get("notebook"), {})
+            self._tester, self._told_prelude = _tester_for(instructor, meta["path"]), False
+            inject_parameters(nb, instructor.get("parameters", ""))
             try:
                 return super().preprocess(nb, resources, km)
             finally:
@@ -115,17 +115,9 @@ def _sandbox_execute():
             return "ok"
 
         def _kernel_alive(self) -> bool:
-            import inspect
+            from jupyter_core.utils import ensure_async, run_sync
 
-            from jupyter_core.utils import run_sync
-
-            alive = self.km.is_alive()
-            if inspect.isawaitable(alive):
-                async def wait(awaitable):
-                    return await awaitable
-
-                alive = run_sync(wait)(alive)
-            return bool(alive)
+            return bool(run_sync(ensure_async)(self.km.is_alive()))
 
         def _guard_kernel(self) -> tuple[bool, str]:
             """Put the kernel back as the instructor gave it (``guard.before_test``), through an execute
@@ -209,15 +201,14 @@ def _is_test(cell) -> bool:
 _INSTRUCTOR: dict[str, dict] = {}  # notebook name -> {"prelude": [...], "parameters": source} (set by main)
 
 
-def _tester_for(resources, workdir: str):
+def _tester_for(instructor: dict, workdir: str):
     """The trusted runner for the notebook being graded; its namespace starts from the instructor's imports and
     helpers (``instructor.json``, written by the trusted parent from the source notebook), never the
     submission's."""
     from optcourse.autograde.tester import RunnerProcess
 
-    name = (resources or {}).get("nbgrader", {}).get("notebook")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTCOURSE_SANDBOX_")}
-    return RunnerProcess(_INSTRUCTOR.get(name, {}).get("prelude", []), cwd=workdir, env=env)
+    return RunnerProcess(instructor.get("prelude", []), cwd=workdir, env=env)
 
 
 PRELUDE_NOTE = "[autograder] the test runner could not run these statements of the lab's notebook:"

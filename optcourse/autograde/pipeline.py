@@ -117,6 +117,12 @@ def watched_modules(nb) -> list[str]:
                    for m in mods})
 
 
+def hidden_test_lines(nb) -> list[str]:
+    """Every non-empty line (stripped) between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` in ``nb``."""
+    return [line.strip() for cell in nb.cells for block in HIDDEN_RE.findall(cell.source)
+            for line in block.splitlines() if line.strip()]
+
+
 def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) -> LabInfo:
     """Generate the lab once with nbgrader into a throw-away gradebook; keep it plus the lab's files
     WITHOUT its notebooks (the solutions never enter a sandbox; the gradebook copy, which holds the
@@ -149,7 +155,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     (template / "instructor.json").write_text(json.dumps({notebooks[0].stem: {
         "prelude": tester.prelude(nb), "parameters": tester.parameters_source(nb)}}))
     limits = lab_limits(nb)
-    points, code_tests, hidden, cell_ids, given = {}, set(), [], set(), set()
+    points, code_tests, cell_ids, given = {}, set(), set(), set()
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if meta.get("grade_id"):
@@ -160,8 +166,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
             points[meta["grade_id"]] = float(meta.get("points", 0))
             if cell.cell_type == "code" and not meta.get("solution"):
                 code_tests.add(meta["grade_id"])
-        for block in HIDDEN_RE.findall(cell.source):
-            hidden += [line.strip() for line in block.splitlines() if len(line.strip()) >= 6]
+    hidden = [line for line in hidden_test_lines(nb) if len(line) >= 6]
     messages = test_messages([c.source for c in nb.cells if c.cell_type == "code"
                               and c.get("metadata", {}).get("nbgrader", {}).get("locked")])
     return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given, limits,

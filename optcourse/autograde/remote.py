@@ -98,18 +98,24 @@ def _from_npy(text: str):
     return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
 
 
+def imported(path: str):
+    """The object named ``module:qualname`` (``module:`` is the module itself), imported in this process."""
+    module, _, qualname = str(path).partition(":")
+    obj = importlib.import_module(module)
+    for part in filter(None, qualname.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _trusted_attr(path: str, prefixes: tuple[str, ...] = TRUSTED_PREFIXES):
     """``module:qualname`` of a library object, imported in this process; None if not a library name."""
-    module, _, qualname = str(path).partition(":")
+    module = str(path).partition(":")[0]
     if not module.startswith(prefixes) and module != "builtins":
         return None
     try:
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
+        return imported(path)
     except (ImportError, AttributeError, ValueError):
         return None
-    return obj
 
 
 def library_name(obj) -> str | None:
@@ -121,12 +127,9 @@ def library_name(obj) -> str | None:
         return None
     path = f"{module}:{qualname}"
     try:
-        target = importlib.import_module(module)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError):
+        return path if imported(path) is obj else None
+    except (ImportError, AttributeError, ValueError):
         return None
-    return path if target is obj else None
 
 
 def _plain(value) -> bool:
@@ -450,11 +453,7 @@ class _Agent:
         if "$cb" in data:
             return _Callback(self, int(data["$cb"]))
         if "$import" in data:
-            module, _, qualname = str(data["$import"]).partition(":")
-            obj = importlib.import_module(module)
-            for part in filter(None, qualname.split(".")):
-                obj = getattr(obj, part)
-            return obj
+            return imported(data["$import"])
         raise ChannelError(f"an unknown tag {next(iter(data))!r}")
 
     def _obj(self, message):

@@ -106,3 +106,19 @@ def test_every_graded_task_has_its_mistakes(lab):
     counts = {t: sum(any(re.match(rf"test_task{t}(?!\d)", g) for g in m.loses) for m in catalogue.load(lab))
               for t in tasks}
     assert all(n >= MIN_PER_TASK[lab] for n in counts.values()), counts
+
+
+def test_a_hidden_line_in_feedback_is_found_even_spelled_with_invisible_characters(tmp_path):
+    import nbformat
+
+    from optcourse.autograde.pipeline import hidden_test_lines
+    from optcourse.course.release import SOLUTIONS_DIR, lab_names
+
+    lab = lab_names()[0]
+    solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
+    line = next(x for x in hidden_test_lines(solution) if len(x) > 40)
+    (tmp_path / "feedback").mkdir()
+    (tmp_path / "feedback" / "leaky.html").write_text("<pre>" + "\u200b".join(line).replace("<", "&lt;") + "</pre>")
+    (tmp_path / "feedback" / "clean.html").write_text("<pre>a test failed (AssertionError)</pre>")
+    problems = catalogue.leaked_lines(lab, tmp_path, ["leaky", "clean"])
+    assert len(problems) == 1 and problems[0].startswith("leaky:")
