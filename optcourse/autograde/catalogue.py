@@ -47,6 +47,7 @@ class Mistake:
     why: str
     edits: tuple[Edit, ...]
     loses: frozenset[str]
+    reason: str = ""   # when set, the feedback of each cell it loses must say this (e.g. why a task scored 0)
 
     @property
     def cells(self) -> set[str]:
@@ -83,7 +84,8 @@ def load(lab: str, path: pathlib.Path | None = None) -> list[Mistake]:
         loses = entry["loses"]
         if not edits or not isinstance(loses, list) or not loses:
             raise ValueError(f"{where}: needs at least one edit and one cell it loses")
-        out.append(Mistake(str(entry["id"]), str(entry["why"]), tuple(edits), frozenset(map(str, loses))))
+        out.append(Mistake(str(entry["id"]), str(entry["why"]), tuple(edits), frozenset(map(str, loses)),
+                           str(entry.get("reason", ""))))
     return out
 
 
@@ -195,6 +197,9 @@ def check(report, plan: dict[str, list[Mistake] | str]) -> list[str]:
             if g in lost and s > 0:
                 who = [mk.id for mk in expect if g in mk.loses]
                 problems.append(f"{student}: {g} scored {s:g}/{m:g} but mistake {', '.join(who)} must lose it")
+            elif g in lost:
+                problems += [f"{student}: {g}'s feedback must say {mk.reason!r} ({mk.id}); it says {reason[:200]!r}"
+                             for mk in expect if g in mk.loses and mk.reason and mk.reason not in reason]
             elif g not in lost and s < m:
                 problems.append(f"{student}: {g} lost points ({s:g}/{m:g}: {reason[:200]})" +
                                 (f" although only {[mk.id for mk in expect]} were made" if expect != "solution" else ""))

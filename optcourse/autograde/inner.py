@@ -207,7 +207,12 @@ def _tester_for(instructor: dict, workdir: str):
     submission's."""
     from optcourse.autograde.tester import RunnerProcess
 
+    from optcourse.autograde.sandbox import SANDBOX_ROOT, TRUSTED
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTCOURSE_SANDBOX_")}
+    trusted = f"{SANDBOX_ROOT}/{TRUSTED}"
+    if os.path.isdir(f"{trusted}/optcourse"):  # the lab seals library references: the runner keeps the real ones
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (trusted, env.get("PYTHONPATH")) if p)
     return RunnerProcess(instructor.get("prelude", []), cwd=workdir, env=env)
 
 

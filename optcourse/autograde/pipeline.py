@@ -27,6 +27,7 @@ from optcourse.autograde import guard
 from optcourse.autograde import intake
 from optcourse.autograde import perf as perf_mod
 from optcourse.autograde import tester
+from optcourse.autograde import seal
 from optcourse.autograde.sandbox import UID_BASE, Limits, prepare_jail, run_jail
 
 MAX_NOTEBOOK_BYTES = 20 << 20
@@ -55,6 +56,7 @@ class LabInfo:
     limits: dict = dataclasses.field(default_factory=dict)       # the lab's own grading limits (lab_limits)
     watch: list[str] = dataclasses.field(default_factory=list)   # extra modules the guard records (torch, ...)
     messages: list = dataclasses.field(default_factory=list)     # the tests' own strings (test_messages)
+    references: dict = dataclasses.field(default_factory=dict)  # answer -> library names sealed for it (seal.py)
 
 
 @dataclasses.dataclass
@@ -170,7 +172,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     messages = test_messages([c.source for c in nb.cells if c.cell_type == "code"
                               and c.get("metadata", {}).get("nbgrader", {}).get("locked")])
     return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given, limits,
-                   watched_modules(nb), messages)
+                   watched_modules(nb), messages, seal.references_of(nb))
 
 
 FILL = r"[^\n]{0,120}?"  # what a test's f-string puts in a message: short, one line
@@ -227,6 +229,8 @@ def lab_limits(nb) -> dict:
     wanted = nb.metadata.get("optcourse", {}).get("grading", {})
     out = {}
     for key, value in wanted.items():
+        if key == "references":  # not a limit: the library names sealed while grading (seal.references_of)
+            continue
         if key not in LAB_LIMIT_KEYS:
             raise ValueError(f"unknown grading limit {key!r} in the lab's metadata (known: {sorted(LAB_LIMIT_KEYS)})")
         out[key] = LAB_LIMIT_KEYS[key](value)
@@ -303,7 +307,8 @@ def _grade_in_sandbox(task: dict) -> dict:
     limits = Limits(**task["limits"])
     jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
                         task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"],
-                        keep_notebook=bool(task.get("keep_jail")), watch=task.get("watch", []))
+                        keep_notebook=bool(task.get("keep_jail")), watch=task.get("watch", []),
+                        references=task.get("references", {}))
     try:
         run = run_jail(jail, task["uid"], limits)
         art_src = jail / "grading" / "artifacts"
@@ -371,6 +376,11 @@ def _reason(ename: str, evalue: str, info: LabInfo, limits: Limits) -> str:
     message = scrub(said, info.hidden) if said else ""
     if ename == "MemoryError":
         return "the cell ran out of memory (the sandbox limit)"
+    if ename == "ReferenceNotAvailable":  # raised by a sealed library name (seal.py); only a listed name is shown
+        called = [r for refs in info.references.values() for r in refs if r in (evalue or "")]
+        return (f"the answer calls {called[0] if called else 'a library reference'}, the library's own implementation "
+                "of a graded task, which is not available while grading (see the lab's instructions): implement it "
+                "in your notebook")
     if ename == "NotImplementedError" and not message:
         return "not answered yet (NotImplementedError)"
     if message:
@@ -599,6 +609,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 "template": str(info.template), "lab": lab, "student": sub.student, "path": str(sub.path.resolve()),
                 "notebook": info.notebook, "artifacts": artifacts, "limits": dataclasses.asdict(limits),
                 "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded, "watch": info.watch,
+                "references": info.references,
                 "artifact_dir": str(out / "artifacts" / sub.student)})
         bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
         bar.update(len(results))

@@ -38,6 +38,8 @@ import time
 from optcourse.core.paths import PACKAGE_DIR, REPO_ROOT
 
 SANDBOX_ROOT = "/grading"
+SEALED = "sealed"    # jail/sealed/<path in the library>: sealed sources bound over the library's files
+TRUSTED = "trusted"  # /grading/trusted/optcourse: the real library, for the test runner only (0700, root)
 KERNEL_NAME = "optcourse-sandbox"
 UID_BASE = 720000  # uids with no passwd entry, far from real users; one per submission slot
 USERNS_BASE = 1_000_000_000  # host uids of the sandboxes' user namespaces (2 per slot: root, kernel), above every UID_BASE slot
@@ -190,9 +192,12 @@ LOOPBACK_UP = ("import fcntl, socket, struct\n"
                "fcntl.ioctl(s, 0x8914, struct.pack('16sh', b'lo', flags | 1))  # SIOCSIFFLAGS: IFF_UP\n")
 
 
-def _mount_script(new_root: str, grading: str, limits: Limits, uid: int = UID_BASE, owner: int | None = None) -> str:
+def _mount_script(new_root: str, grading: str, limits: Limits, uid: int = UID_BASE, owner: int | None = None,
+                  sealed: pathlib.Path | None = None) -> str:
     """The sandbox's start script, run as host root in its new namespaces: build the root, then start the
-    grading step chroot'ed; with ``owner``, inside a user namespace whose root is that host uid."""
+    grading step chroot'ed; with ``owner``, inside a user namespace whose root is that host uid. With ``sealed``
+    (a folder of sealed library files, ``seal.py``), each is bound over the library's file, the library's
+    bytecode caches beside them are hidden, and the real library is bound at /grading/trusted for the runner."""
     q = shlex.quote
     own = f",uid={owner},gid={owner}" if owner is not None else ""
     lines = ["set -e", f"N={q(new_root)}", 'mount -t tmpfs -o mode=0755,size=16m tmpfs "$N"',
@@ -208,6 +213,12 @@ def _mount_script(new_root: str, grading: str, limits: Limits, uid: int = UID_BA
     for src in _bind_sources():
         lines.append(f'mkdir -p "$N"{q(src)} && mount --rbind {q(src)} "$N"{q(src)} && '
                      f'mount -o remount,bind,ro "$N"{q(src)}')
+    caches = set()
+    for path in sorted(sealed.rglob("*.py")) if sealed else []:
+        target = PACKAGE_DIR / path.relative_to(sealed)
+        lines.append(f'mount --bind {q(str(path))} "$N"{q(str(target))} && mount -o remount,bind,ro "$N"{q(str(target))}')
+        caches.add(target.parent / "__pycache__")
+    lines += [f'mount -t tmpfs -o mode=0555,size=64k tmpfs "$N"{q(str(c))}' for c in sorted(caches) if c.is_dir()]
     lines += [
         f'mkdir -p "$N"{SANDBOX_ROOT} && mount --bind {q(grading)} "$N"{SANDBOX_ROOT}',
         # size-limited tmpfs, not the host's disk: nbgrader's output (root only: the notebook there holds the
@@ -215,6 +226,8 @@ def _mount_script(new_root: str, grading: str, limits: Limits, uid: int = UID_BA
         # working folder and its HOME (given to the kernel's user by kernel.py)
         *[f'mount -t tmpfs -o mode=0700,size={limits.work_bytes}{own} tmpfs "$N"{SANDBOX_ROOT}/{sub}'
           for sub in ("autograded", "work", "home")],
+        *([f'mount --rbind {q(str(PACKAGE_DIR))} "$N"{SANDBOX_ROOT}/{TRUSTED}/optcourse && '
+           f'mount -o remount,bind,ro "$N"{SANDBOX_ROOT}/{TRUSTED}/optcourse'] if sealed else []),
         'mkdir -p "$N"/dev "$N"/proc',
         'mount -t tmpfs -o mode=0755,size=1m tmpfs "$N"/dev',
         'for d in null zero random urandom full; do touch "$N"/dev/$d; mount --bind /dev/$d "$N"/dev/$d; done',
@@ -274,8 +287,10 @@ def _environment(uid: int, limits: Limits) -> dict[str, str]:
 
 def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathlib.Path,
                  notebook_name: str, artifacts: list[str], limits: Limits, jail_parent: pathlib.Path | None = None,
-                 uid: int = UID_BASE, keep_notebook: bool = False, watch: list[str] | None = None) -> pathlib.Path:
-    """Make this submission's private course copy: template (lab files without notebooks + gradebook) + notebook."""
+                 uid: int = UID_BASE, keep_notebook: bool = False, watch: list[str] | None = None,
+                 references: dict[str, list[str]] | None = None) -> pathlib.Path:
+    """Make this submission's private course copy: template (lab files without notebooks + gradebook) + notebook;
+    with ``references``, the sealed library files (``seal.py``) that ``run_jail`` binds over the library's."""
     jail = pathlib.Path(tempfile.mkdtemp(prefix="ogjail-", dir=jail_parent))
     os.chmod(jail, 0o700)
     grading = jail / "grading"
@@ -298,6 +313,15 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
         "argv": [sys.executable, "-m", "optcourse.autograde.kernel", "{connection_file}"],
         "display_name": "optcourse sandbox", "language": "python"}))
     (jail / "root").mkdir()
+    if references:
+        from optcourse.autograde.seal import sealed_files
+
+        for path, text in sealed_files(references).items():
+            dst = jail / SEALED / path.relative_to(PACKAGE_DIR)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(text)
+        (grading / TRUSTED / "optcourse").mkdir(parents=True)
+        os.chmod(grading / TRUSTED, 0o700)  # the test runner's (sandbox root's) real library: not the kernel's
     job = {"lab": lab, "student": student, "cell_timeout": limits.cell_timeout_s, "artifacts": artifacts,
            "keep_notebook": keep_notebook, "watch": list(watch or [])}
     (grading / "job.json").write_text(json.dumps(job))
@@ -312,7 +336,9 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
 def run_jail(jail: pathlib.Path, uid: int, limits: Limits) -> SandboxRun:
     """Execute the prepared jail in fresh namespaces; kill everything at the notebook time limit."""
     owner = outer_uid(uid) if user_namespace_available()[0] else None
-    script = _mount_script(str(jail / "root"), str(jail / "grading"), limits, uid, owner)
+    sealed = jail / SEALED
+    script = _mount_script(str(jail / "root"), str(jail / "grading"), limits, uid, owner,
+                           sealed if sealed.is_dir() else None)
     cmd = ["unshare", "--mount", "--net", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
            "--propagation", "private", "--", "sh", "-c", script]
     group = Cgroup(jail.name, limits)
