@@ -101,16 +101,22 @@ def test_a_reference_the_library_does_not_define_is_an_error(bad, why):
 
 
 def test_every_lab_names_its_references_in_metadata_and_instructions():
+    import re
+
     from optcourse.course.release import SOLUTIONS_DIR, lab_names
 
     for lab in lab_names():
         nb = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
         refs = seal.references_of(nb)
         assert refs, f"{lab}: names no library reference of its graded functions"
+        answers = {m for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("solution")
+                   for m in re.findall(r"^(?:def|class) (\w+)", c.source, re.M)}
+        assert set(refs) <= answers, f"{lab}: references for functions no answer cell defines: {set(refs) - answers}"
         text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-        missing = [r for r in refs if r.rpartition(".")[2] not in text]
-        assert not missing, f"{lab}: the instructions must name each sealed reference; missing {missing}"
-        assert "not available while grading" in text, f"{lab}: the instructions must say the references are sealed"
+        missing = [f"{a}: {r}" for a, rs in refs.items() for r in rs if f"`{a}`" not in text or f"`{r}`" not in text]
+        assert not missing, f"{lab}: the instructions must name each answer's sealed references; missing {missing}"
+        assert "not available while grading" in text and "ReferenceNotAvailable" in text, \
+            f"{lab}: the instructions must say what happens when an answer calls its reference"
 
 
 # ------------------------------------------------------------------------------------ through the sandbox
