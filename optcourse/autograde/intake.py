@@ -53,10 +53,14 @@ class IntakeError(ValueError):
     """The submissions cannot be read at all (nothing was graded); the message says why."""
 
 
-def _submission_cls():
-    from optcourse.autograde.pipeline import Submission  # pipeline imports this module: resolved at call time
+@dataclasses.dataclass
+class Submission:
+    """One student's notebook as found in the class's files, with what intake noticed about it."""
 
-    return Submission
+    student: str
+    path: pathlib.Path
+    notes: list[str] = dataclasses.field(default_factory=list)
+    review: bool = False                 # graded, but an instructor should look (e.g. a renamed notebook)
 
 
 def clean_id(raw: str) -> tuple[str, bool]:
@@ -266,9 +270,8 @@ def _choose(group: _Group, lab: str) -> tuple[Entry | None, list[str], bool]:
 
 def collect_submissions(source: str | os.PathLike, lab: str, workdir: pathlib.Path, *,
                         max_total_bytes: int | None = None) -> list:
-    """One ``pipeline.Submission`` per student found at ``source``, sorted by id (see the module's docstring).
+    """One ``Submission`` per student found at ``source``, sorted by id (see the module's docstring).
     A submission that cannot be graded has a path that does not exist and its reason as the first note."""
-    Submission = _submission_cls()
     source, workdir = pathlib.Path(source), pathlib.Path(workdir)
     if source.is_dir():
         entries = _from_folder(source, lab)

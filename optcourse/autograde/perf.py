@@ -38,7 +38,6 @@ from typing import Callable
 
 import numpy as np
 
-from optcourse.core.paths import AUTOGRADER_DIR
 
 MAX_MODEL_BYTES = 64 << 20
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -82,13 +81,16 @@ class PerfContext:
         return self.profile
 
     def thresholds(self) -> dict:
+        """This lab's rules of the profile's thresholds file (``measure.thresholds``: validated, and a rule whose
+        ``requires``/``unless`` does not hold on this machine is left out, so the check's default applies)."""
         key = ("thresholds", self.resolved_profile())
         if key not in self.cache:
-            import yaml
+            from optcourse.core.hardware import capabilities
+            from optcourse.measure.thresholds import load_thresholds, rule_applies
 
-            path = AUTOGRADER_DIR / "thresholds" / f"{self.resolved_profile()}.yaml"
-            data = yaml.safe_load(path.read_text()) if path.exists() else {}
-            self.cache[key] = (data or {}).get(self.lab) or {}
+            rules = load_thresholds(self.resolved_profile()).get(self.lab) or {}
+            installed = capabilities() if any({"requires", "unless"} & set(r) for r in rules.values()) else {}
+            self.cache[key] = {m: rule for m, rule in rules.items() if rule_applies(rule, installed)[0]}
         return self.cache[key]
 
 
@@ -328,17 +330,12 @@ def digits_heldout(ctx: PerfContext):
 def digits_fp32_reference(ctx: PerfContext) -> pathlib.Path:
     """The reference: the shipped digits ResNet exported to FP32 ONNX by the grader, once per run."""
     if "digits_fp32" not in ctx.cache:
-        import torch
-
-        from optcourse.models.digits import IMAGE_SIZE, load_digits_resnet
+        from optcourse.models.digits import load_digits_resnet
+        from optcourse.techniques.export import export_digits
 
         out = pathlib.Path(ctx.workdir or ".") / "reference_digits_fp32.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
-        model = load_digits_resnet()
-        torch.onnx.export(model, (torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE),), str(out), input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False)
-        ctx.cache["digits_fp32"] = out
+        ctx.cache["digits_fp32"] = export_digits(load_digits_resnet(), out)
     return ctx.cache["digits_fp32"]
 
 
@@ -415,7 +412,7 @@ class OnnxClassifierCheck:
             notes.append(why)
         x, y = self.data(ctx)
         try:
-            student = ort_session_from_bytes(data)
+            student = ort_session(data, threads=1)
         except Exception as exc:  # noqa: BLE001
             raise ArtifactError(f"ONNX Runtime cannot load the model ({type(exc).__name__}: {str(exc)[:200]})") from None
         reference = ort_session(self.reference(ctx), threads=1)
@@ -463,16 +460,6 @@ class OnnxClassifierCheck:
         return CheckResult(self.name, self.points, self.points, True,
                            f"passed: speedup {speedup:.2f}x (>= {min_speedup:g}x), accuracy {accuracy:.3f} "
                            f"(>= {min_accuracy:g}){drop} on the {ctx.resolved_profile()} profile", measured)
-
-
-def ort_session_from_bytes(data: bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 # ------------------------------------------------------------------ one check, in its own process

@@ -25,22 +25,15 @@ import warnings
 from optcourse.autograde import feedback as feedback_mod
 from optcourse.autograde import guard
 from optcourse.autograde import intake
+from optcourse.autograde.intake import Submission
 from optcourse.autograde import perf as perf_mod
 from optcourse.autograde import tester
 from optcourse.autograde import seal
-from optcourse.autograde.sandbox import UID_BASE, Limits, prepare_jail, run_jail
+from optcourse.autograde.sandbox import UID_BASE, Limits, grade_task
 
 MAX_NOTEBOOK_BYTES = 20 << 20
 HIDDEN_RE = re.compile(r"### BEGIN HIDDEN TESTS(.*?)### END HIDDEN TESTS", re.S)
 STUDENT_RE = re.compile(r"[^A-Za-z0-9_.@-]+")
-
-
-@dataclasses.dataclass
-class Submission:
-    student: str
-    path: pathlib.Path
-    notes: list[str] = dataclasses.field(default_factory=list)
-    review: bool = False                 # graded, but an instructor should look (e.g. a renamed notebook)
 
 
 @dataclasses.dataclass
@@ -130,9 +123,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     WITHOUT its notebooks (the solutions never enter a sandbox; the gradebook copy, which holds the
     hidden tests nbgrader re-inserts, is readable only by the sandbox's root)."""
     import nbformat
-    from nbgrader.apps import NbGraderAPI
-
-    from optcourse.course.release import nbgrader_config
+    from optcourse.course.release import nbgrader_generate
 
     lab_src = pathlib.Path(source_dir) / lab
     notebooks = sorted(lab_src.glob("*.ipynb"))
@@ -142,12 +133,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     shutil.copytree(lab_src, gen / "source" / lab, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__",
                                                                                   "outputs"))
     _add_guard(gen / "source" / lab / notebooks[0].name)
-    config = nbgrader_config(**{
-        "CourseDirectory.root": str(gen), "CourseDirectory.source_directory": "source",
-        "CourseDirectory.release_directory": "release", "CourseDirectory.db_url": f"sqlite:///{gen}/gradebook.db"})
-    result = NbGraderAPI(config=config).generate_assignment(lab, force=True)
-    if not result["success"]:
-        raise RuntimeError(f"nbgrader could not generate {lab}:\n{result.get('error') or result.get('log')}")
+    nbgrader_generate(lab, root=gen, source="source", release=gen / "release", db_url=f"sqlite:///{gen}/gradebook.db")
     template = workdir / "template"
     shutil.copytree(gen / "source" / lab, template / "source" / lab, ignore=shutil.ignore_patterns("*.ipynb"))
     shutil.copy(gen / "gradebook.db", template / "gradebook.db")
@@ -301,33 +287,6 @@ def precheck(sub: Submission, info: LabInfo, workdir: pathlib.Path | None = None
     return None, code
 
 
-# ---------------------------------------------------------------------------------------- one submission
-def _grade_in_sandbox(task: dict) -> dict:
-    """Pool worker: prepare this submission's jail, run it, bring back the result and artifacts."""
-    limits = Limits(**task["limits"])
-    jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
-                        task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"],
-                        keep_notebook=bool(task.get("keep_jail")), watch=task.get("watch", []),
-                        references=task.get("references", {}))
-    try:
-        run = run_jail(jail, task["uid"], limits)
-        art_src = jail / "grading" / "artifacts"
-        art_dest = pathlib.Path(task["artifact_dir"])
-        if art_src.is_dir() and any(art_src.iterdir()):
-            if art_dest.exists():
-                shutil.rmtree(art_dest)
-            shutil.copytree(art_src, art_dest, symlinks=True)
-        if task.get("keep_jail"):
-            graded = jail / "grading" / "executed" / task["notebook"]
-            if graded.is_file() and not graded.is_symlink():
-                pathlib.Path(task["artifact_dir"]).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(graded, pathlib.Path(task["artifact_dir"]).parent / f"{task['student']}.autograded.ipynb")
-        return {"result": run.result, "returncode": run.returncode, "timed_out": run.timed_out, "wall_s": run.wall_s,
-                "log": run.log}
-    finally:
-        shutil.rmtree(jail, ignore_errors=True)
-
-
 def _failed(exc: BaseException) -> dict:
     """The outcome of a task that raised in the grader (not in the sandbox): graded as a sandbox error."""
     return {"result": None, "timed_out": False, "wall_s": 0.0, "log": repr(exc)}
@@ -336,7 +295,7 @@ def _failed(exc: BaseException) -> dict:
 def _run_pool(tasks: dict[str, dict], workers: int):
     """The local backend: a process pool on this machine; yields ``(student, outcome)`` as sandboxes finish."""
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(_grade_in_sandbox, t): name for name, t in tasks.items()}
+        futures = {pool.submit(grade_task, t): name for name, t in tasks.items()}
         for fut in concurrent.futures.as_completed(futures):
             try:
                 outcome = fut.result()
@@ -462,9 +421,7 @@ def write_gradebook(db_url: str, info: LabInfo, source_dir: pathlib.Path, result
                     workdir: pathlib.Path) -> None:
     """Record every result in nbgrader's gradebook (idempotent: updates in place, keeps manual grades)."""
     from nbgrader.api import Gradebook, MissingEntry
-    from nbgrader.apps import NbGraderAPI
-
-    from optcourse.course.release import nbgrader_config
+    from optcourse.course.release import nbgrader_generate
 
     db_file = db_url[len("sqlite:///"):] if db_url.startswith("sqlite:///") else None
     if db_file and not os.path.exists(db_file):  # a new gradebook: start from the template's (lab, no students)
@@ -476,12 +433,8 @@ def write_gradebook(db_url: str, info: LabInfo, source_dir: pathlib.Path, result
         except MissingEntry:
             known = set()
     if known != set(info.points):
-        config = nbgrader_config(**{
-            "CourseDirectory.root": str(workdir), "CourseDirectory.source_directory": str(pathlib.Path(source_dir).resolve()),
-            "CourseDirectory.release_directory": str(workdir / "release-real"), "CourseDirectory.db_url": db_url})
-        out = NbGraderAPI(config=config).generate_assignment(info.lab, force=True)
-        if not out["success"]:
-            raise RuntimeError(f"could not register {info.lab} in {db_url}:\n{out.get('error') or out.get('log')}")
+        nbgrader_generate(info.lab, root=workdir, source=str(pathlib.Path(source_dir).resolve()),
+                          release=workdir / "release-real", db_url=db_url)
     nb_name = pathlib.Path(info.notebook).stem
     with Gradebook(db_url) as gb, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy autoflush warnings on add_submission

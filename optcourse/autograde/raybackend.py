@@ -1,6 +1,6 @@
 """Class-scale grading on Ray: one Ray task per submission, the same sandbox as the local pool.
 
-Each task runs ``pipeline._grade_in_sandbox`` on whichever node Ray picks. A node has only what the
+Each task runs ``sandbox.grade_task`` on whichever node Ray picks. A node has only what the
 task carries: the lab's template (lab files without notebooks + the throw-away gradebook, packed once
 and shared through the object store) and this one notebook; the artifacts (and, on request, the
 executed notebook) come back as bytes. Nothing is written on the parent's disk by a task, so a node
@@ -33,7 +33,7 @@ def pack(folder: pathlib.Path) -> bytes:
 def grade_remote(task: dict, template: bytes, notebook: bytes) -> dict:
     """Ray task body: unpack the template and notebook in a private folder of this node, grade there,
     return the sandbox's outcome plus ``files``: every file it left under ``artifacts/`` (path -> bytes)."""
-    from optcourse.autograde.pipeline import _grade_in_sandbox
+    from optcourse.autograde.sandbox import grade_task
 
     with tempfile.TemporaryDirectory(prefix="autograde-task-") as tmp:
         work = pathlib.Path(tmp)
@@ -44,7 +44,7 @@ def grade_remote(task: dict, template: bytes, notebook: bytes) -> dict:
         arts = work / "artifacts"
         local = dict(task, template=str(work / "template"), path=str(work / "submission.ipynb"), jail_parent=str(work),
                      artifact_dir=str(arts / task["student"]))
-        outcome = _grade_in_sandbox(local)
+        outcome = grade_task(local)
         outcome["files"] = {str(p.relative_to(arts)): p.read_bytes() for p in sorted(arts.rglob("*"))
                             if p.is_file() and not p.is_symlink()} if arts.is_dir() else {}
     return outcome

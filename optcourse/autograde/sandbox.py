@@ -368,3 +368,31 @@ def run_jail(jail: pathlib.Path, uid: int, limits: Limits) -> SandboxRun:
             result = None
     log_text = log_path.read_bytes()[-20000:].decode("utf-8", "replace")
     return SandboxRun(result, rc, timed_out, wall, log_text)
+
+
+# ---------------------------------------------------------------------------------------- one submission
+def grade_task(task: dict) -> dict:
+    """The unit of work of every backend (the local pool's worker, a Ray task's body): prepare this submission's
+    jail, run it, bring back the result and artifacts. ``task`` is the plain dict ``pipeline.grade_batch`` makes."""
+    limits = Limits(**task["limits"])
+    jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
+                        task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"],
+                        keep_notebook=bool(task.get("keep_jail")), watch=task.get("watch", []),
+                        references=task.get("references", {}))
+    try:
+        run = run_jail(jail, task["uid"], limits)
+        art_src = jail / "grading" / "artifacts"
+        art_dest = pathlib.Path(task["artifact_dir"])
+        if art_src.is_dir() and any(art_src.iterdir()):
+            if art_dest.exists():
+                shutil.rmtree(art_dest)
+            shutil.copytree(art_src, art_dest, symlinks=True)
+        if task.get("keep_jail"):
+            graded = jail / "grading" / "executed" / task["notebook"]
+            if graded.is_file() and not graded.is_symlink():
+                pathlib.Path(task["artifact_dir"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(graded, pathlib.Path(task["artifact_dir"]).parent / f"{task['student']}.autograded.ipynb")
+        return {"result": run.result, "returncode": run.returncode, "timed_out": run.timed_out, "wall_s": run.wall_s,
+                "log": run.log}
+    finally:
+        shutil.rmtree(jail, ignore_errors=True)

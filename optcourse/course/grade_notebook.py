@@ -14,7 +14,7 @@ import pathlib
 import shutil
 import tempfile
 
-from optcourse.course.release import SOLUTIONS_DIR, nbgrader_config
+from optcourse.course.release import SOLUTIONS_DIR, nbgrader_config, nbgrader_generate
 
 
 @dataclasses.dataclass
@@ -71,10 +71,8 @@ def autograde_notebook(lab: str, notebook: str | pathlib.Path, student: str = "s
             "Execute.timeout": timeout,
             "Autograde.autograde_preprocessors": autograde_preprocessors(),  # warnings cost no points
         })
+        nbgrader_generate(lab, root=root, source="source", release=root / "release", db_url=db_url)
         api = NbGraderAPI(config=config)
-        result = api.generate_assignment(lab, force=True)
-        if not result["success"]:
-            raise RuntimeError(f"generate_assignment failed for {lab}:\n{result.get('error') or result.get('log')}")
         with Gradebook(db_url) as gb:
             gb.update_or_create_student(student)
         result = api.autograde(lab, student, force=True)

@@ -41,22 +41,34 @@ def nbgrader_config(**overrides):
     return config
 
 
-def generate(labs: list[str] | None = None, dest: pathlib.Path = LABS_DIR) -> list[str]:
-    """Run nbgrader's generate_assignment for each lab into ``dest``; returns the labs generated."""
+def nbgrader_generate(lab: str, *, release: pathlib.Path, db_url: str, root: pathlib.Path | None = None,
+                      source: str | None = None) -> None:
+    """nbgrader's generate_assignment of ``lab`` with the course's config: the student version into ``release``, its
+    cells, points and hidden tests into the gradebook at ``db_url``. The one place every nbgrader course the
+    project makes (the release, the grader's template, the class gradebook) is set up."""
     from nbgrader.apps import NbGraderAPI
 
+    from optcourse.core.paths import apply_offline_environment
+
+    apply_offline_environment()  # also puts this interpreter's bin on PATH: nbgrader's gradebook runs `alembic`
+    overrides = {"CourseDirectory.release_directory": str(release), "CourseDirectory.db_url": db_url}
+    if root is not None:
+        overrides["CourseDirectory.root"] = str(root)
+    if source is not None:
+        overrides["CourseDirectory.source_directory"] = source
+    result = NbGraderAPI(config=nbgrader_config(**overrides)).generate_assignment(lab, force=True)
+    if not result["success"]:
+        raise RuntimeError(f"nbgrader could not generate {lab} (gradebook {db_url}):\n"
+                           f"{result.get('error') or result.get('log')}")
+
+
+def generate(labs: list[str] | None = None, dest: pathlib.Path = LABS_DIR) -> list[str]:
+    """Run nbgrader's generate_assignment for each lab into ``dest``; returns the labs generated."""
     labs = labs or lab_names()
     with tempfile.TemporaryDirectory() as tmp:
         staging = pathlib.Path(tmp) / "release"
-        config = nbgrader_config(**{
-            "CourseDirectory.release_directory": str(staging),
-            "CourseDirectory.db_url": f"sqlite:///{tmp}/gradebook.db",
-        })
-        api = NbGraderAPI(config=config)
         for lab in labs:
-            result = api.generate_assignment(lab, force=True)
-            if not result["success"]:
-                raise RuntimeError(f"nbgrader could not generate {lab}:\n{result.get('error') or result.get('log')}")
+            nbgrader_generate(lab, release=staging, db_url=f"sqlite:///{tmp}/gradebook.db")
             for kept in install(staging / lab, dest / lab):
                 print(f"the previous version held work the release does not: kept as {lab}/{kept.name}",
                       file=sys.stderr)

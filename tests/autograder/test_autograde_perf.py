@@ -32,7 +32,7 @@ def models(tmp_path_factory):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"input": x_train[i:i + 16]} for i in range(0, 64, 16)])
+            self.batches = iter([{"x": x_train[i:i + 16]} for i in range(0, 64, 16)])
 
         def get_next(self):
             return next(self.batches, None)

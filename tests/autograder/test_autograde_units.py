@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from optcourse.autograde import feedback, pipeline
+from optcourse.autograde import feedback, intake, pipeline
 from optcourse.autograde.sandbox import Limits, _mount_script, sandbox_available
 
 pytestmark = pytest.mark.timeout(60)
@@ -64,13 +64,13 @@ def test_precheck_reasons(tmp_path):
     lab = info(tmp_path)
     empty = tmp_path / "empty.ipynb"
     empty.write_text("")
-    assert pipeline.precheck(pipeline.Submission("x", empty), lab)[0] == "the submitted file is empty"
+    assert pipeline.precheck(intake.Submission("x", empty), lab)[0] == "the submitted file is empty"
     plain = tmp_path / "plain.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), plain)
-    assert "no nbgrader cell metadata" in pipeline.precheck(pipeline.Submission("x", plain), lab)[0]
+    assert "no nbgrader cell metadata" in pipeline.precheck(intake.Submission("x", plain), lab)[0]
     other = tmp_path / "other.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[cell("test_other", grade=True, points=1)]), other)
-    assert "another lab's notebook" in pipeline.precheck(pipeline.Submission("x", other), lab)[0]
+    assert "another lab's notebook" in pipeline.precheck(intake.Submission("x", other), lab)[0]
 
 
 def test_precheck_repairs_duplicate_grade_ids_and_flags_deleted_given_cells(tmp_path):
@@ -80,7 +80,7 @@ def test_precheck_repairs_duplicate_grade_ids_and_flags_deleted_given_cells(tmp_
     path = tmp_path / "dup.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[
         cell("answer_a", "x = 1", solution=True), cell("test_a", "pass"), cell("test_a", "assert x == 1")]), path)
-    sub = pipeline.Submission("d", path)
+    sub = intake.Submission("d", path)
     assert pipeline.precheck(sub, lab, tmp_path / "work") == (None, ["x = 1"])
     assert sub.review and sub.path == tmp_path / "work" / "sanitized" / "d.ipynb"
     fixed = nbformat.read(sub.path, as_version=4)
@@ -94,7 +94,7 @@ def test_forged_sandbox_results_are_clamped_and_flagged(tmp_path):
     out = {"result": {"cells": {"test_a": {"score": 99, "max": 99}, "test_b": {"score": "lots"},
                                 "written": {"score": None}, "bonus": {"score": 50, "max": 50}},
                       "errors": {"test_b": ["AssertionError", ""]}}}
-    res = pipeline.interpret(pipeline.Submission("eve", tmp_path / "x.ipynb"), out, lab, LIMITS)
+    res = pipeline.interpret(intake.Submission("eve", tmp_path / "x.ipynb"), out, lab, LIMITS)
     assert res.cells["test_a"].score == 2.0  # never more than the instructor's points
     assert res.cells["test_b"].score == 0.0 and res.cells["test_b"].reason == "a test failed (AssertionError)"
     assert res.cells["written"].score is None
@@ -104,7 +104,7 @@ def test_forged_sandbox_results_are_clamped_and_flagged(tmp_path):
 
 def test_timeouts_and_missing_results(tmp_path):
     lab = info(tmp_path)
-    sub = pipeline.Submission("t", tmp_path / "x.ipynb")
+    sub = intake.Submission("t", tmp_path / "x.ipynb")
     res = pipeline.interpret(sub, {"result": None, "timed_out": True}, lab, LIMITS)
     assert res.status == "timeout" and res.needs_review and res.score == 0
     res = pipeline.interpret(sub, {"result": None, "timed_out": False}, lab, LIMITS)
@@ -121,7 +121,7 @@ def test_timeouts_and_missing_results(tmp_path):
 
 def test_kernel_deaths_stderr_and_guard_reports(tmp_path):
     lab = info(tmp_path)
-    sub = pipeline.Submission("k", tmp_path / "x.ipynb")
+    sub = intake.Submission("k", tmp_path / "x.ipynb")
     out = {"result": {"ok": True, "cells": {"test_a": {"score": 2}, "test_b": {"score": None}, "written": {"score": None}},
                       "notes": {"test_a": "/tmp/ipykernel_1/2.py:4: UserWarning: careful"},
                       "errors": {"test_b": ["KernelDied", "the kernel died while this cell ran"]},
@@ -363,7 +363,7 @@ def test_a_forged_message_cannot_add_a_row_to_the_instructors_summary(tmp_path):
     lab = info(tmp_path)
     out = {"result": {"cells": {"test_a": {"score": 0}, "test_b": {"score": 3}},
                       "errors": {"test_a": ["AssertionError", FORGED]}, "guarded": {"test_a": FORGED}}}
-    eve = pipeline.interpret(pipeline.Submission("eve", tmp_path / "x.ipynb", [FORGED]), out, lab, LIMITS)
+    eve = pipeline.interpret(intake.Submission("eve", tmp_path / "x.ipynb", [FORGED]), out, lab, LIMITS)
     eve.perf = [CheckResult("speed\r", 0.0, 1.0, False, FORGED, {"note": FORGED})]
     eve.code = ["x = 1\r\n\x1b[2Jy = 2"]
     amy = pipeline.StudentResult("amy", "graded", {g: pipeline.CellGrade(g, p, p, "passed") for g, p in lab.points.items()})
