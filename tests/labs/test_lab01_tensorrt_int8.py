@@ -16,7 +16,7 @@ LAB = "lab01_tensorrt_int8"
 SOURCE = REPO_ROOT / "solutions" / LAB / f"{LAB}.ipynb"
 RELEASED = REPO_ROOT / "labs" / LAB / f"{LAB}.ipynb"
 TASKS = {"test_task1_export": 3, "test_task2a_absmax": 2, "test_task2b_percentile": 2, "test_task2c_entropy": 3,
-         "test_task3_qdq": 4, "test_task4_agreement": 2}
+         "test_task3_qdq": 4, "test_task3b_engine": 4, "test_task4_agreement": 2}
 PERF_CHECKS = {"perf:int8_speedup"}
 
 
