@@ -1,0 +1,111 @@
+"""Llama models of real shapes with random weights, for measuring speed at the scale the course talks about.
+
+Speed depends on a model's shape (bytes of weights, KV cache per token, matrix sizes), not on its weight values, so
+a model of Llama-3.1-8B's shape with random weights, made on the GPU from a config in the repository
+(``optcourse/assets/scale/*.json``), decodes at the speed the real one would; nothing is downloaded. Its text is
+noise: accuracy and text quality stay on the trained course models. Every notebook that uses one says so next to
+the number.
+
+``decode_speed`` times one decode step (batch ``B``, ``C`` tokens already in the KV cache) and ``decode_bound``
+is what the memory bandwidth allows: each step reads every weight once and the whole KV cache, so
+``tokens/s <= B / ((weight bytes + B * C * KV bytes per token) / bandwidth)``.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from optcourse.core.paths import PACKAGE_DIR
+
+SHAPES_DIR = PACKAGE_DIR / "assets" / "scale"
+
+
+def shapes() -> list[str]:
+    return sorted(p.stem for p in SHAPES_DIR.glob("*.json"))
+
+
+def llama_config(shape: str):
+    """The ``LlamaConfig`` of ``shape`` (a file of ``optcourse/assets/scale``: ``llama-3.1-8b``, ``llama-3.2-1b``,
+    ``cpu-small``)."""
+    from transformers import LlamaConfig
+
+    path = SHAPES_DIR / f"{shape}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown model shape {shape!r}; choose one of {shapes()}")
+    fields = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    return LlamaConfig(**fields)
+
+
+def random_llama(shape: str, device: str = "cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """A ``LlamaForCausalLM`` of ``shape`` with random weights, built directly on ``device`` in ``dtype`` (an 8B
+    model takes seconds on a GPU, not the minutes of an initialisation on the CPU)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = llama_config(shape)
+    config.torch_dtype = dtype
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
+    """K and V for every layer and KV head: ``2 * layers * kv_heads * head_dim * bytes``."""
+    from optcourse.techniques.kvcache import kv_bytes_per_token as per_token
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return per_token(config.num_hidden_layers, config.num_key_value_heads, head_dim, dtype_bytes)
+
+
+def decode_bound(weights: int, kv_per_token: int, batch: int, context: int, bandwidth_bytes_per_s: float) -> float:
+    """Tokens/s a decode step cannot beat when it must read all weights and the whole KV cache once."""
+    step_bytes = weights + batch * context * kv_per_token
+    return batch / (step_bytes / bandwidth_bytes_per_s)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def decode_speed(model, batch: int, context: int, *, steps: int = 8, repeat: int = 5, warmup: int = 2) -> dict:
+    """Median time of one decode step of ``batch`` sequences with ``context`` tokens in their KV cache (the cache is
+    cropped back after each step, so every timed step sees the same context): ``{"ms_per_step", "tokens_per_s",
+    "samples_ms"}``. Each sample is ``steps`` steps, synchronised, divided by ``steps``."""
+    from optcourse.techniques.decoding import crop_cache, new_kv_cache
+
+    device = str(next(model.parameters()).device)
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (batch, context), device=device)
+    cache = new_kv_cache()
+    model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt's logits are not needed
+    nxt = torch.randint(3, vocab, (batch, 1), device=device)
+
+    def run():
+        for _ in range(steps):
+            model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            crop_cache(cache, context)
+
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        run()
+        _sync(device)
+        samples.append((time.perf_counter() - t0) * 1e3 / steps)
+    ms = float(sorted(samples)[len(samples) // 2])
+    return {"ms_per_step": ms, "tokens_per_s": batch / ms * 1e3, "samples_ms": samples}
