@@ -45,7 +45,6 @@ def random_llama(shape: str, device: str = "cpu", dtype: torch.dtype = torch.bfl
 
     torch.manual_seed(seed)
     config = llama_config(shape)
-    config.torch_dtype = dtype
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
