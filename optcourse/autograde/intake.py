@@ -282,7 +282,11 @@ def collect_submissions(source: str | os.PathLike, lab: str, workdir: pathlib.Pa
     elif source.exists():
         raise IntakeError(f"{source} is not a zip archive, a folder or a notebook; nothing was graded")
     else:
-        raise IntakeError(f"no submissions at {source}")
+        raise IntakeError(f"no submissions at {source} (no such file or folder); nothing was graded")
+    if not entries:
+        raise IntakeError(f"no notebook in {source}: nothing to grade (expected .ipynb files, nbgrader's "
+                          "<student>/<lab>/ folders, or a zip of them)")
+
     def order(g: _Group):  # of ids that collide, the file or folder named exactly so keeps the id
         exact = clean_id(pathlib.PurePosixPath(g.label).name.removesuffix(".ipynb"))[0] == g.ident
         return g.ident.lower(), not exact, g.ident != g.ident.lower(), g.label

@@ -472,12 +472,14 @@ def write_csv(path: pathlib.Path, info: LabInfo, results: list[StudentResult]) -
 
 
 def write_lms_csv(path: pathlib.Path, lab: str, results: list[StudentResult]) -> None:
-    """Two columns an LMS maps on import: Moodle ("ID number" + grade item) and Canvas (match on SIS Login ID)."""
+    """Two columns an LMS maps on import: Moodle ("ID number" + grade item) and Canvas (match on SIS Login ID).
+    A submission that was not graded normally (invalid, timed out, a sandbox error) gets an empty grade, not 0: the
+    instructor decides (it is listed in the summary as needing a look)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["SIS Login ID", f"{lab} points"])
         for r in sorted(results, key=lambda r: r.student):
-            w.writerow([feedback_mod.csv_field(r.student), f"{r.score:g}"])
+            w.writerow([feedback_mod.csv_field(r.student), f"{r.score:g}" if r.status == "graded" else ""])
 
 
 def summary_table(info: LabInfo, results: list[StudentResult]) -> str:
@@ -534,19 +536,23 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     start = time.monotonic()
     source_dir = pathlib.Path(source_dir or SOLUTIONS_DIR)
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not (source_dir / lab).is_dir():
+        known = sorted(p.name for p in source_dir.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))) \
+            if source_dir.is_dir() else []
+        raise ValueError(f"unknown lab {lab!r}: the labs in {source_dir} are {', '.join(known) or 'none'}")
     db_url = db_url or f"sqlite:///{out.resolve()}/gradebook.db"
     checks = perf_mod.checks_for(lab) if perf_checks is None else perf_checks
     artifacts = sorted({c.artifact for c in checks})
     with tempfile.TemporaryDirectory(prefix=f"autograde-{lab}-") as tmp:
         work = pathlib.Path(tmp)
         os.chmod(work, 0o700)
+        subs = collect_submissions(submissions, lab, work)  # before any work: a bad intake answers at once
+        out.mkdir(parents=True, exist_ok=True)
         info = build_template(lab, source_dir, work)
         limits = limits or limits_for(info, **(limit_overrides or {}))
         if gpus_per_task:
             limits = dataclasses.replace(limits, gpu=True)
         phases = {"template": time.monotonic() - start}
-        subs = collect_submissions(submissions, lab, work)
         results: dict[str, StudentResult] = {}
         tasks = {}
         uid_base = UID_BASE + secrets.randbelow(10_000) * 10_000  # distinct from a concurrent batch's uids

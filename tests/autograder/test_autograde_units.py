@@ -414,3 +414,16 @@ def test_the_graded_run_uses_the_instructors_parameters(tags):
     assert INJECTED_TAG in student.cells[2].metadata["tags"]
     values = _run_cells(student)
     assert (values["smoke"], values["model_path"], values["size"]) == (True, None, 10)
+
+
+def test_the_lms_file_leaves_a_submission_that_was_not_graded_blank(tmp_path):
+    import csv
+
+    graded = pipeline.StudentResult("amy", "graded", {"t": pipeline.CellGrade("t", 0.0, 2.0, "a test failed")})
+    invalid = pipeline.StudentResult("bob", "invalid", {"t": pipeline.CellGrade("t", 0.0, 2.0, "not graded")},
+                                     needs_review=True)
+    late = pipeline.StudentResult("cat", "timeout", {"t": pipeline.CellGrade("t", 0.0, 2.0, "not graded")},
+                                  needs_review=True)
+    pipeline.write_lms_csv(tmp_path / "lms.csv", "demo_lab", [late, invalid, graded])
+    rows = list(csv.reader(open(tmp_path / "lms.csv")))
+    assert rows == [["SIS Login ID", "demo_lab points"], ["amy", "0"], ["bob", ""], ["cat", ""]]

@@ -172,3 +172,35 @@ def test_links_and_fifos_in_a_folder_are_never_opened(tmp_path):
 
     lab = LabInfo(LAB, f"{LAB}.ipynb", {}, set(), [], tmp_path)
     assert precheck(got["link"], lab)[0] == "no notebook was submitted"  # the grader never reads the link's target
+
+
+@pytest.mark.parametrize("case", ["unknown_lab", "missing", "empty_folder", "not_a_zip", "empty_zip"])
+def test_a_bad_intake_answers_at_once_and_leaves_nothing(tmp_path, case):
+    """Checked before the lab's template is built (seconds): the reason, the list of labs, no output folder."""
+    import time
+    import zipfile
+
+    from optcourse.autograde.pipeline import grade_batch
+
+    lab, source = "lab04_benchmarking", tmp_path / "subs"
+    if case == "unknown_lab":
+        lab = "nosuchlab"
+        source.mkdir()
+    elif case == "empty_folder":
+        (source / "notes").mkdir(parents=True)
+        (source / "notes" / "readme.txt").write_text("no notebook here")
+    elif case == "not_a_zip":
+        source = tmp_path / "class.zip"
+        source.write_text("not a zip")
+    elif case == "empty_zip":
+        source = tmp_path / "class.zip"
+        with zipfile.ZipFile(source, "w") as z:
+            z.writestr("readme.txt", "no notebook here")
+    why = {"unknown_lab": "unknown lab 'nosuchlab': the labs in .* are lab01_tensorrt_int8, lab02_quantization",
+           "missing": "no submissions at .*no such file or folder", "empty_folder": "no notebook in .*nothing to grade",
+           "not_a_zip": "not a zip archive, a folder or a notebook", "empty_zip": "no notebook in .*nothing to grade"}
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=why[case]):
+        grade_batch(lab, source, tmp_path / "out", progress=False)
+    assert time.monotonic() - start < 2, "a bad intake must answer before any grading work"
+    assert not (tmp_path / "out").exists()
