@@ -5,7 +5,7 @@
 #   make release  regenerate labs/ from solutions/ with nbgrader
 #   make student-dist  what students receive: build/student-dist/<course>/ and its zip (no solutions)
 #   make gpu-run  the GPU runner: labs and lectures on the cuda profile, full sizes (scripts/gpu_runner.sh)
-# Variables: PROFILE=auto|cpu|cuda   FULL=1 (full-size parameters)   PYTEST_ARGS=...
+# Variables: PROFILE=auto|cpu|cuda   FULL=1 (full-size parameters; 0 or unset: smoke)   PYTEST_ARGS=...
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,6 +16,8 @@ UV_VERSION := 0.13.9
 LOCK := requirements/cpu.lock
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 PROFILE ?= auto
+# FULL=1: full-size parameters; unset or FULL=0: smoke sizes; anything else is a mistake, said at once
+FULL_FLAG = $(if $(filter 1,$(FULL)),--full,$(if $(filter-out 0,$(FULL)),$(error FULL must be 1 (full sizes) or 0 (smoke sizes), not '$(FULL)')))
 PORT ?= 8888
 IP ?= 127.0.0.1
 
@@ -64,7 +66,7 @@ $(STAMP):
 	echo "environment ready in $$(( $$(date +%s) - start )) s ($(VENV), $(LOCK))"
 
 run: setup  ## execute every lab's solution notebook (papermill), check thresholds, write a report [PROFILE= FULL=1 INCLUDE=]
-	$(PY) -m optcourse.course.runner --profile $(PROFILE) $(if $(FULL),--full) $(if $(INCLUDE),--include $(INCLUDE))
+	$(PY) -m optcourse.course.runner --profile $(PROFILE) $(FULL_FLAG) $(if $(INCLUDE),--include $(INCLUDE))
 
 test: setup  ## the whole test suite, what CI runs [PYTEST_ARGS=]
 	$(PY) -m pytest $(PYTEST_ARGS)

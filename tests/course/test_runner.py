@@ -74,3 +74,16 @@ def test_format_table_shows_pass_and_fail():
     table = runner.format_table([{"item": "a", "metric": "m", "measured": 1.23456, "threshold": ">= 1", "passed": True},
                                  {"item": "b", "metric": "m", "measured": None, "threshold": ">= 1", "passed": False}])
     assert "1.235" in table and "PASS" in table and "FAIL" in table and "—" in table
+
+
+@pytest.mark.parametrize("full, expect", [("", ""), ("0", ""), ("1", "--full"), ("maybe", "FULL must be 1")])
+def test_make_run_takes_full_as_1_or_0_and_refuses_anything_else(repo_root, full, expect):
+    import subprocess
+
+    proc = subprocess.run(["make", "-n", "run", f"FULL={full}"], cwd=repo_root, capture_output=True, text=True,
+                          timeout=60)
+    runner = [line for line in proc.stdout.splitlines() if "optcourse.course.runner" in line]
+    if expect.startswith("FULL must"):
+        assert proc.returncode != 0 and expect in proc.stderr and not runner
+    else:
+        assert proc.returncode == 0 and len(runner) == 1 and ("--full" in runner[0]) == (expect == "--full")
