@@ -108,6 +108,20 @@ def apply(nb, mistakes: list[Mistake]):
     return nb
 
 
+def as_submitted(nb):
+    """The notebook a student with these answers hands in: the source's answers without the instructor's markers
+    (``### BEGIN/END SOLUTION`` lines) and without hidden tests (the grader puts the tests back from its gradebook),
+    so the grader treats it as a student's work (the verbatim source is flagged, ``pipeline.precheck``)."""
+    import copy
+    import re
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        cell.source = re.sub(r"\n?[ \t]*### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS[^\n]*", "", cell.source, flags=re.S)
+        cell.source = re.sub(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n?", "", cell.source, flags=re.M)
+    return nb
+
+
 def combine(mistakes: list[Mistake]) -> list[list[Mistake]]:
     """Group mistakes into as few notebooks as possible: within one, no two share an edited cell or a lost cell."""
     groups: list[list[Mistake]] = []
@@ -131,14 +145,14 @@ def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[M
     solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
     plan: dict[str, list[Mistake] | str] = {}
     if "solution" in kinds:
-        nbformat.write(solution, folder / "solution.ipynb")
+        nbformat.write(as_submitted(solution), folder / "solution.ipynb")
         plan["solution"] = "solution"
     if "blank" in kinds:
         shutil.copy(LABS_DIR / lab / f"{lab}.ipynb", folder / "blank.ipynb")
         plan["blank"] = "blank"
     if "mistakes" in kinds:
         for i, group in enumerate(combine(load(lab)), 1):
-            nbformat.write(apply(solution, group), folder / f"mistakes-{i}.ipynb")
+            nbformat.write(as_submitted(apply(solution, group)), folder / f"mistakes-{i}.ipynb")
             plan[f"mistakes-{i}"] = group
     if "attacks" in kinds:
         blank = nbformat.read(LABS_DIR / lab / f"{lab}.ipynb", as_version=4)

@@ -427,3 +427,24 @@ def test_the_lms_file_leaves_a_submission_that_was_not_graded_blank(tmp_path):
     pipeline.write_lms_csv(tmp_path / "lms.csv", "demo_lab", [late, invalid, graded])
     rows = list(csv.reader(open(tmp_path / "lms.csv")))
     assert rows == [["SIS Login ID", "demo_lab points"], ["amy", "0"], ["bob", ""], ["cat", ""]]
+
+
+def test_the_instructors_source_handed_in_is_flagged_and_a_students_copy_is_not(tmp_path):
+    import nbformat
+
+    from optcourse.autograde import catalogue
+
+    lab = info(tmp_path)
+    source = nbformat.v4.new_notebook(cells=[
+        cell("answer_a", "x = 1\n### BEGIN SOLUTION\nx = 2\n### END SOLUTION", solution=True),
+        cell("test_a", "assert x == 2\n### BEGIN HIDDEN TESTS\nassert x > 1\n### END HIDDEN TESTS"),
+        cell("helpers", "def helper(): pass")])
+    verbatim, student = tmp_path / "verbatim.ipynb", tmp_path / "student.ipynb"
+    nbformat.write(source, verbatim)
+    nbformat.write(catalogue.as_submitted(source), student)
+    flagged = intake.Submission("v", verbatim)
+    assert pipeline.precheck(flagged, lab)[0] is None and flagged.review
+    assert "instructor's source markers" in flagged.notes[-1]
+    kept = intake.Submission("s", student)
+    assert pipeline.precheck(kept, lab) == (None, ["x = 1\nx = 2"]) and not kept.review and not kept.notes
+    assert [c.source for c in nbformat.read(student, as_version=4).cells][1] == "assert x == 2"

@@ -250,7 +250,10 @@ STATE = {"qat4": 0.9, "ptq4": 0.8, "digits": nn.Sequential(nn.Linear(4, 3)), "sc
 
 
 def _quick_mistakes():
-    return [e for e in yaml.safe_load(MISTAKES.read_text()) if all(ed["cell"] in QUICK for ed in e["edits"])]
+    """Mistakes of the quick cells, run here without the sandbox: a delegation to the library (``reason`` says the
+    reference is not available) fails only where the references are sealed, so the class autograder checks it."""
+    return [e for e in yaml.safe_load(MISTAKES.read_text()) if all(ed["cell"] in QUICK for ed in e["edits"])
+            and "not available while grading" not in e.get("reason", "")]
 
 
 @pytest.mark.parametrize("mistake", _quick_mistakes(), ids=lambda e: e["id"])
