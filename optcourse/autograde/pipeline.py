@@ -52,6 +52,7 @@ class LabInfo:
     watch: list[str] = dataclasses.field(default_factory=list)   # extra modules the guard records (torch, ...)
     messages: list = dataclasses.field(default_factory=list)     # the tests' own strings (test_messages)
     references: dict = dataclasses.field(default_factory=dict)  # answer -> library names sealed for it (seal.py)
+    sealed: dict = dataclasses.field(default_factory=dict)      # library file -> sealed source, made once per batch
 
 
 @dataclasses.dataclass
@@ -145,6 +146,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     (template / "instructor.json").write_text(json.dumps({notebooks[0].stem: {
         "prelude": tester.prelude(nb), "parameters": tester.parameters_source(nb)}}))
     limits = lab_limits(nb)
+    references = seal.references_of(nb)
     points, code_tests, cell_ids, given = {}, set(), set(), set()
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -160,7 +162,7 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     messages = test_messages([c.source for c in nb.cells if c.cell_type == "code"
                               and c.get("metadata", {}).get("nbgrader", {}).get("locked")])
     return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given, limits,
-                   watched_modules(nb), messages, seal.references_of(nb))
+                   watched_modules(nb), messages, references, seal.sealed_files(references))
 
 
 FILL = r"[^\n]{0,120}?"  # what a test's f-string puts in a message: short, one line
@@ -574,7 +576,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 "template": str(info.template), "lab": lab, "student": sub.student, "path": str(sub.path.resolve()),
                 "notebook": info.notebook, "artifacts": artifacts, "limits": dataclasses.asdict(limits),
                 "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded, "watch": info.watch,
-                "references": info.references,
+                "sealed": info.sealed,
                 "artifact_dir": str(out / "artifacts" / sub.student)})
         bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
         bar.update(len(results))

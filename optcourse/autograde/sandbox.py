@@ -288,9 +288,10 @@ def _environment(uid: int, limits: Limits) -> dict[str, str]:
 def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathlib.Path,
                  notebook_name: str, artifacts: list[str], limits: Limits, jail_parent: pathlib.Path | None = None,
                  uid: int = UID_BASE, keep_notebook: bool = False, watch: list[str] | None = None,
-                 references: dict[str, list[str]] | None = None) -> pathlib.Path:
+                 sealed: dict[str, str] | None = None) -> pathlib.Path:
     """Make this submission's private course copy: template (lab files without notebooks + gradebook) + notebook;
-    with ``references``, the sealed library files (``seal.py``) that ``run_jail`` binds over the library's."""
+    with ``sealed`` (library file -> sealed source, ``seal.sealed_files``), the files ``run_jail`` binds over the
+    library's."""
     jail = pathlib.Path(tempfile.mkdtemp(prefix="ogjail-", dir=jail_parent))
     os.chmod(jail, 0o700)
     grading = jail / "grading"
@@ -313,11 +314,9 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
         "argv": [sys.executable, "-m", "optcourse.autograde.kernel", "{connection_file}"],
         "display_name": "optcourse sandbox", "language": "python"}))
     (jail / "root").mkdir()
-    if references:
-        from optcourse.autograde.seal import sealed_files
-
-        for path, text in sealed_files(references).items():
-            dst = jail / SEALED / path.relative_to(PACKAGE_DIR)
+    if sealed:
+        for path, text in sealed.items():
+            dst = jail / SEALED / path
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(text)
         (grading / TRUSTED / "optcourse").mkdir(parents=True)
@@ -378,7 +377,7 @@ def grade_task(task: dict) -> dict:
     jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
                         task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"],
                         keep_notebook=bool(task.get("keep_jail")), watch=task.get("watch", []),
-                        references=task.get("references", {}))
+                        sealed=task.get("sealed", {}))
     try:
         run = run_jail(jail, task["uid"], limits)
         art_src = jail / "grading" / "artifacts"

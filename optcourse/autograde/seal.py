@@ -67,25 +67,24 @@ def _refused(frame, answers: tuple[str, ...], target) -> bool:
     (allowed); the agent first means the answer *is* the reference (an alias, a partial, a subclass); notebook
     frames first are refused when one of them, on the way up to the agent, runs an answer's own code (so a
     helper of the answer's cannot launder the call, and the notebook's other answers may use the reference)."""
-    import __main__
-
-    namespace = vars(__main__)
-    nearest, inside = None, False
-    forbidden = set().union(*(_codes(namespace.get(name)) for name in answers)) if answers else set()
+    notebook_codes = []  # code objects of the notebook frames between the call and the agent
     while frame is not None:
         name = frame.f_code.co_filename
         if name == _AGENT:
-            if nearest is None:
+            import __main__
+
+            namespace = vars(__main__)
+            if not notebook_codes:
                 return any(_is_alias(namespace.get(a), target) for a in answers)
-            return inside
+            forbidden = set().union(*(_codes(namespace.get(a)) for a in answers))
+            return any(code in forbidden for code in notebook_codes)
         if name.startswith(_LIBRARY):
-            if nearest is None:
-                return False
+            if not notebook_codes:
+                return False  # the library's own use (checked first: no namespace scan on the library's hot paths)
         elif not name.startswith(_THIRD_PARTY):
-            nearest = "notebook"
-            inside = inside or frame.f_code in forbidden
+            notebook_codes.append(frame.f_code)
         frame = frame.f_back
-    return False
+    return False  # no test is running
 
 
 def _guarded(reference: str, fn, answers: tuple[str, ...], target=None):
@@ -153,15 +152,16 @@ def split(reference: str) -> tuple[str, str]:
     return module, name
 
 
-def sealed_files(references: dict[str, list[str]]) -> dict[pathlib.Path, str]:
-    """Library file -> its sealed source, for a lab's ``references`` (the notebook's graded function or class ->
+def sealed_files(references: dict[str, list[str]]) -> dict[str, str]:
+    """Library file (its path in the package, ``techniques/calibration.py``) -> its sealed source, for a lab's ``references`` (the notebook's graded function or class ->
     the library names it may not delegate to); an unknown name is an error (the lab has drifted from the library)."""
     by_module: dict[str, dict[str, list[str]]] = {}
     for answer, refs in references.items():
         for ref in refs:
             module, name = split(ref)
             by_module.setdefault(module, {}).setdefault(name, []).append(answer)
-    return {module_file(m): sealed_source(module_file(m).read_text(), m, names) for m, names in by_module.items()}
+    return {str(module_file(m).relative_to(PACKAGE_DIR)): sealed_source(module_file(m).read_text(), m, names)
+            for m, names in by_module.items()}
 
 
 def references_of(nb) -> dict[str, list[str]]:
@@ -176,5 +176,4 @@ def references_of(nb) -> dict[str, list[str]]:
         module, _ = split(ref)
         if importlib.util.find_spec(module) is None:
             raise ValueError(f"reference {ref!r}: no module {module}")
-    sealed_files(refs)  # raises on a name the module does not define at top level
-    return {k: list(v) for k, v in refs.items()}
+    return {k: list(v) for k, v in refs.items()}  # sealed_files(refs) checks each name is defined at top level

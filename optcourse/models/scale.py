@@ -13,7 +13,6 @@ is what the memory bandwidth allows: each step reads every weight once and the w
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
@@ -61,10 +60,10 @@ def weight_bytes(model) -> int:
 
 def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
     """K and V for every layer and KV head: ``2 * layers * kv_heads * head_dim * bytes``."""
-    from optcourse.techniques.kvcache import kv_bytes_per_token as per_token
+    from optcourse.techniques.kvcache import kv_bytes_per_token as per_token, model_kv_shape
 
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return per_token(config.num_hidden_layers, config.num_key_value_heads, head_dim, dtype_bytes)
+    shape = model_kv_shape(config)
+    return per_token(shape["num_layers"], shape["num_kv_heads"], shape["head_dim"], dtype_bytes)
 
 
 def decode_bound(weights: int, kv_per_token: int, batch: int, context: int, bandwidth_bytes_per_s: float) -> float:
@@ -73,19 +72,15 @@ def decode_bound(weights: int, kv_per_token: int, batch: int, context: int, band
     return batch / (step_bytes / bandwidth_bytes_per_s)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 @torch.inference_mode()
 def decode_speed(model, batch: int, context: int, *, steps: int = 8, repeat: int = 5, warmup: int = 2) -> dict:
     """Median time of one decode step of ``batch`` sequences with ``context`` tokens in their KV cache (the cache is
     cropped back after each step, so every timed step sees the same context): ``{"ms_per_step", "tokens_per_s",
-    "samples_ms"}``. Each sample is ``steps`` steps, synchronised, divided by ``steps``."""
+    "samples_ms"}``. Each sample is ``steps`` steps, timed by ``bench.measure`` (synchronised), divided by ``steps``."""
+    from optcourse.measure.bench import measure
     from optcourse.techniques.decoding import crop_cache, new_kv_cache
 
-    device = str(next(model.parameters()).device)
+    device = next(model.parameters()).device
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (batch, context), device=device)
     cache = new_kv_cache()
@@ -97,14 +92,6 @@ def decode_speed(model, batch: int, context: int, *, steps: int = 8, repeat: int
             model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
             crop_cache(cache, context)
 
-    for _ in range(warmup):
-        run()
-    samples = []
-    for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        run()
-        _sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3 / steps)
-    ms = float(sorted(samples)[len(samples) // 2])
-    return {"ms_per_step": ms, "tokens_per_s": batch / ms * 1e3, "samples_ms": samples}
+    stats = measure(run, warmup=warmup, repeat=repeat)
+    ms = stats.median / steps
+    return {"ms_per_step": ms, "tokens_per_s": batch / ms * 1e3, "samples_ms": [t / steps for t in stats.samples_ms]}

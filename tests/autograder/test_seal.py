@@ -46,8 +46,8 @@ def notebook(monkeypatch):
 @pytest.fixture(scope="module")
 def bench():
     (path, source), = seal.sealed_files({"add": [REFERENCE]}).items()
-    assert path.name == "bench.py"
-    return _load(source, str(path))  # compiled under the library's file name, as the sandbox imports it
+    assert path == "measure/bench.py"
+    return _load(source, str(PACKAGE_DIR / path))  # compiled under the library's file name, as the sandbox imports it
 
 
 def test_an_answer_that_calls_its_reference_during_a_test_is_refused(bench, notebook):
@@ -109,6 +109,7 @@ def test_every_lab_names_its_references_in_metadata_and_instructions():
         nb = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
         refs = seal.references_of(nb)
         assert refs, f"{lab}: names no library reference of its graded functions"
+        assert seal.sealed_files(refs), f"{lab}: its references must be top-level names of the library"
         answers = {m for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("solution")
                    for m in re.findall(r"^(?:def|class) (\w+)", c.source, re.M)}
         assert set(refs) <= answers, f"{lab}: references for functions no answer cell defines: {set(refs) - answers}"
