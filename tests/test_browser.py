@@ -309,3 +309,43 @@ def test_formgrader_lists_the_course_assignments(jupyterlab, page):
     for lab in lab_names():  # the source/ folders of the course: solutions/<lab>
         expect(table.get_by_text(lab, exact=True)).to_be_visible()
     assert shot(page, "formgrader-manage-assignments.png"), "no screenshot"
+
+
+def test_the_run_report_reads_at_a_glance(page, tmp_path):
+    """The runner's report.html as a course lead opens it: every plot drawn (the margins and the notebook's own),
+    PASS green, FAIL red, SKIP grey with its reason, values rounded with their units, a link to the executed
+    notebook; a screenshot of it is kept with the browser test's artifacts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from optcourse.course import runner
+
+    run = runner.NotebookRun("lab", REPO_ROOT / "solutions" / "lab" / "lab.ipynb", tmp_path / "notebooks" / "lab.ipynb",
+                             tmp_path / "metrics" / "lab.json", tmp_path / "artifacts" / "lab", 12.3, True, "")
+    run.artifacts.mkdir(parents=True)
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([1, 3, 2])
+    fig.savefig(run.artifacts / "latency.png")
+    plt.close(fig)
+    rows = [{"item": "lab", "metric": "executes", "measured": 12.3, "threshold": "no error", "passed": True},
+            {"item": "lab", "metric": "speedup", "measured": 2.34567, "unit": "x", "threshold": ">= 1.5", "passed": True},
+            {"item": "lab", "metric": "error", "measured": -2.4e-6, "unit": "rel", "threshold": "<= 0.01", "passed": True},
+            {"item": "lab", "metric": "accuracy", "measured": 0.41234, "unit": "fraction", "threshold": ">= 0.9",
+             "passed": False},
+            {"item": "lab", "metric": "trt_speedup", "measured": None, "threshold": ">= 2", "passed": True,
+             "skipped": True, "note": "not applicable: tensorrt is not installed"}]
+    runner.write_report(rows, [run], tmp_path, "cpu", smoke=True)
+    page.goto((tmp_path / "report.html").as_uri())
+    drawn = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+    assert drawn == [True, True], drawn
+    colours = page.evaluate("Object.fromEntries(Array.from(document.querySelectorAll(\"table[data-name='thresholds'] "
+                            "tr[class]\")).map(r => [r.cells[1].textContent, getComputedStyle(r).backgroundColor]))")
+    assert colours["trt_speedup"] == "rgb(238, 238, 238)" and colours["accuracy"] == "rgb(251, 224, 224)", colours
+    assert colours["speedup"] == "rgb(234, 247, 234)", colours
+    text = page.inner_text("body")
+    assert "2.346 x" in text and "0.4123 fraction" in text and "not applicable: tensorrt is not installed" in text
+    assert "smoke (CI-sized) parameters" in text and "2.34567" not in text
+    shot(page, "run-report.png")
+    assert (ARTIFACTS / "run-report.png").stat().st_size > 20_000   # a rendered page, not a blank one

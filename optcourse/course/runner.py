@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import html
 import json
 import os
 import pathlib
@@ -74,7 +73,9 @@ def describe_failure(err: Exception) -> str:
 
 
 def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool,
-            cell_timeout: int, extra_parameters: dict | None = None) -> NotebookRun:
+            cell_timeout: int, extra_parameters: dict | None = None, progress: bool = False) -> NotebookRun:
+    """Run one notebook with papermill; ``progress``: papermill's bar, a step per cell (the CLI shows it: lab 03's
+    vLLM cells take minutes, and a silent terminal looks hung)."""
     import papermill
 
     name = notebook_name(path)
@@ -88,7 +89,7 @@ def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool
     start = time.time()
     try:
         papermill.execute_notebook(str(path), str(run.output), parameters=parameters, kernel_name="python3",
-                                   cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=False,
+                                   cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=progress,
                                    log_output=False)
         run.ok = True
     except Exception as err:  # noqa: BLE001 - any failure is reported and the run goes on
@@ -148,13 +149,27 @@ def components_line(system: dict) -> str:
             f"vLLM {system.get('vllm') or 'not installed'}")
 
 
+def hardware_line(system: dict) -> str:
+    return (f"{system.get('hostname', '?')}: {system.get('cpu_count', '?')} CPUs"
+            + (f", GPU {system['gpu']}" if system.get("gpu") else ", no GPU"))
+
+
+def format_measured(row: dict) -> str:
+    """The measured value to 4 significant digits with its unit ("—" when the notebook recorded nothing)."""
+    from optcourse.measure.report import format_value
+
+    value = row.get("measured")
+    if value is None:
+        return "—"
+    unit = row.get("unit") or ("s" if row.get("metric") == "executes" else "")
+    text = format_value(value) if isinstance(value, (int, float)) else str(value)
+    return f"{text} {unit}".strip() if unit not in ("bool",) else text
+
+
 def format_table(rows: list[dict]) -> str:
+    """The summary as a plain-text table for the terminal (the report has the same rows)."""
     headers = ["item", "metric", "measured", "threshold", "pass"]
-    body = []
-    for r in rows:
-        measured = r["measured"]
-        measured = "—" if measured is None else (f"{measured:.4g}" if isinstance(measured, float) else str(measured))
-        body.append([r["item"], r["metric"], measured, r["threshold"], verdict(r)])
+    body = [[r["item"], r["metric"], format_measured(r), r["threshold"], verdict(r)] for r in rows]
     widths = [max(len(h), *(len(str(b[i])) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -163,85 +178,120 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out + ([""] + notes if notes else []))
 
 
-def plot_margins(rows: list[dict], path: pathlib.Path) -> pathlib.Path | None:
-    """One bar per threshold: measured / threshold (for min) or threshold / measured (for max)."""
+MARGIN_RANGE = (0.1, 10.0)   # the plot's x range; a margin beyond it is drawn at the edge
+
+
+def margin(row: dict) -> float | None:
+    """measured / bound for a minimum, bound / measured for a maximum (1 = at the threshold, > 1 passes), clipped
+    to MARGIN_RANGE; where a ratio means nothing (a bound or a value of 0 or below, e.g. an error of -2.4e-6 under a
+    maximum) the row sits at the edge its verdict says. None: no bar (skipped, not a number, no numeric bound)."""
+    value, rule = row.get("measured"), str(row.get("threshold", ""))
+    if row.get("skipped") or row.get("metric") == "executes" or isinstance(value, bool) \
+            or not isinstance(value, (int, float)) or not rule.startswith((">=", "<=")):
+        return None
+    try:
+        bound = float(rule.split()[1])
+    except (IndexError, ValueError):
+        return None
+    lo, hi = MARGIN_RANGE
+    if bound > 0 and value > 0:
+        ratio = value / bound if rule.startswith(">=") else bound / value
+    else:
+        ratio = hi if row["passed"] else lo
+    return min(max(ratio, lo), hi)
+
+
+def plot_margins(rows: list[dict]):
+    """One bar per numeric threshold on a log axis from 0.1 to 10, labelled with the measured value and the rule;
+    returns a matplotlib figure, or None when no row has a margin."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, margins, colors = [], [], []
-    for r in rows:
-        if r["metric"] == "executes" or r["measured"] is None or not isinstance(r["measured"], (int, float)):
-            continue
-        bound = float(r["threshold"].split()[1]) if r["threshold"].startswith((">=", "<=")) else None
-        if not bound:
-            continue
-        margin = r["measured"] / bound if r["threshold"].startswith(">=") else (bound / r["measured"] if r["measured"] else float("inf"))
-        labels.append(f"{r['item']}\n{r['metric']}")
-        margins.append(min(margin, 10.0))
-        colors.append("tab:green" if r["passed"] else "tab:red")
-    if not labels:
+    bars = [(r, m) for r in rows if (m := margin(r)) is not None]
+    if not bars:
         return None
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
-    ax.barh(range(len(labels)), margins, color=colors)
+    fig, ax = plt.subplots(figsize=(9, 0.24 * len(bars) + 1.0))
+    ax.barh(range(len(bars)), [m for _, m in bars], color=["tab:green" if r["passed"] else "tab:red" for r, _ in bars],
+            left=0)
+    ax.set_xscale("log")
+    ax.set_xlim(*MARGIN_RANGE)
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_yticks(range(len(bars)), [f"{r['item']} · {r['metric']}" for r, _ in bars], fontsize=6.5)
+    for y, (r, m) in enumerate(bars):
+        ax.text(MARGIN_RANGE[0] * 1.05, y, f"{format_measured(r)} ({r['threshold']})", va="center", fontsize=6)
     ax.invert_yaxis()
-    ax.set_xlabel("margin over threshold (1 = at the threshold, >1 passes; capped at 10)")
+    ax.set_xlabel("margin over the threshold, log scale (1 = at the threshold, > 1 passes; clipped to 0.1-10)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def executed_html(run: NotebookRun) -> pathlib.Path | None:
+    """The executed notebook as HTML beside it (what the report links); None when it cannot be made."""
+    target = run.output.with_suffix(".html")
+    if run.output.exists():
+        try:
+            import nbconvert
+            import nbformat
+
+            body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(run.output, as_version=4))
+            target.write_text(body, encoding="utf-8")
+        except Exception as err:  # noqa: BLE001 - the report links the .ipynb instead
+            print(f"    (no HTML copy of {run.output.name}: {type(err).__name__}: {err})", file=sys.stderr)
+    return target if target.exists() else None
 
 
 def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Path, profile: str,
                  smoke: bool) -> pathlib.Path:
+    """``report.md`` (PNGs in ``report_files/``), a self-contained ``report.html`` and ``summary.json`` in ``out_dir``,
+    through ``optcourse.measure.report.Report``: the threshold table (values rounded, with units; SKIP rows grey with
+    their reason), the margins plot, links to each executed notebook and the plots each notebook saved."""
     from optcourse.measure.bench import system_info
+    from optcourse.measure.report import Report
 
     # the machine the notebooks measured on, as their kernels recorded it (a report can be rebuilt elsewhere)
     recorded = [read_run(r.metrics_path).get("system") for r in runs]
     system = next((info for info in recorded if info), None) or system_info()
-    plot = plot_margins(rows, out_dir / "thresholds.png")
-    md = [f"# Course run report — profile `{profile}` ({'smoke' if smoke else 'full'} parameters)", "",
-          f"Generated {system['timestamp']} on {system['hostname']} ({system['cpu_count']} CPUs"
-          f"{', GPU ' + system['gpu'] if system.get('gpu') else ''}).", "",
-          f"Components: {components_line(system)}.", "",
-          "## Summary", "", format_table(rows), ""]
+    size = "smoke (CI-sized) parameters" if smoke else "full-size parameters"
+    rep = Report(f"Course run report — profile {profile}, {size}",
+                 f"{hardware_line(system)}; generated {system.get('timestamp', '?')}")
+    rep.add_text(f"Components: {components_line(system)}.")
+    passed = sum(r["passed"] and not r.get("skipped") for r in rows)
+    skipped = sum(bool(r.get("skipped")) for r in rows)
+    rep.add_heading("Summary")
+    rep.add_text(f"{passed} passed, {len(rows) - passed - skipped} failed, {skipped} skipped (the reason is in "
+                 f"the row) of {len(rows)} checks.")
+    rep.add_table("thresholds", [{"notebook": r["item"], "metric": r["metric"], "measured": format_measured(r),
+                                  "threshold": r["threshold"], "result": verdict(r), "note": r.get("note") or ""}
+                                 for r in rows],
+                  row_classes=[verdict(r).lower() for r in rows])
     taken = paths_taken(runs)
     if taken:
-        md += ["## Paths taken", "", *[f"- {line}" for line in taken], ""]
-    if plot:
-        md += [f"![margins over thresholds]({plot.name})", ""]
-    md += ["## Notebooks", ""]
+        rep.add_heading("Paths taken")
+        rep.add_table("paths", [{"notebook": run.name, "path": line} for run in runs
+                                for line in read_run(run.metrics_path).get("paths", {}).values()])
+    fig = plot_margins(rows)
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        rep.add_figure("thresholds", fig, "margin of every numeric threshold")
+        plt.close(fig)
+    rep.add_heading("Notebooks")
+    links = []
     for run in runs:
-        rel = run.output.relative_to(out_dir)
-        if not run.output.exists() and run.output.with_suffix(".html").exists():
-            rel = rel.with_suffix(".html")   # a committed record keeps the executed notebook as HTML only
-        md.append(f"- `{display_path(run.path)}` → [{rel}]({rel}) — {run.seconds:.1f} s, "
-                  f"{'ok' if run.ok else 'FAILED: ' + run.error}")
-    md += ["", "## System", "", "```json", json.dumps(system, indent=2), "```", ""]
-    report_md = out_dir / "report.md"
-    report_md.write_text("\n".join(md))
-    table_html = "".join(
-        f"<tr class={'pass' if r['passed'] else 'fail'}><td>{html.escape(str(r['item']))}</td>"
-        f"<td>{html.escape(str(r['metric']))}</td><td>{html.escape(str(r['measured']))}</td>"
-        f"<td>{html.escape(str(r['threshold']))}</td><td>{verdict(r)}</td></tr>"
-        for r in rows)
-    page = (f"<!doctype html><meta charset=utf-8><title>Course run report ({profile})</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
-            ".fail{background:#fdd}.pass{background:#efe}</style>"
-            f"<h1>Course run report — profile {html.escape(profile)}</h1>"
-            f"<p>Components: {html.escape(components_line(system))}</p>"
-            + "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in paths_taken(runs)) + "</ul>"
-            "<table><tr><th>item</th><th>metric</th><th>measured</th><th>threshold</th><th>pass</th></tr>"
-            f"{table_html}</table>"
-            + (f"<p><img src='{plot.name}' alt='margins over thresholds'></p>" if plot else "")
-            + f"<h2>System</h2><pre>{html.escape(json.dumps(system, indent=2))}</pre>")
-    (out_dir / "report.html").write_text(page)
+        page = executed_html(run) or (run.output if run.output.exists() else None)
+        href = os.path.relpath(page, out_dir) if page else display_path(run.path)
+        links.append((display_path(run.path), href, f"{run.seconds:.1f} s, " + ("ok" if run.ok else "FAILED: " + run.error)))
+    rep.add_links(links)
+    for run in runs:   # the plots each notebook saved into its output_dir
+        for png in sorted(run.artifacts.glob("*.png")) if run.artifacts.is_dir() else []:
+            rep.add_figure(f"{run.name}-{png.stem}".replace(".", "-"), png.read_bytes(), f"{run.name}: {png.name}")
+    rep.add_system(system)
+    paths = rep.write(out_dir, "report")
     (out_dir / "summary.json").write_text(json.dumps({"profile": profile, "smoke": smoke, "rows": rows,
-                                                      "paths": paths_taken(runs), "system": system}, indent=2))
-    return report_md
+                                                      "paths": taken, "system": system}, indent=2))
+    return paths["md"]
 
 
 def quiz_rows(out_dir: pathlib.Path) -> list[dict]:
@@ -298,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i, path in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {display_path(path)} ...", flush=True)
-        run = execute(path, args.out, profile, smoke=not args.full, cell_timeout=args.cell_timeout)
+        run = execute(path, args.out, profile, smoke=not args.full, cell_timeout=args.cell_timeout, progress=True)
         print(f"    {'ok' if run.ok else 'FAILED: ' + run.error} ({run.seconds:.1f} s)", flush=True)
         runs.append(run)
     runs = merge_runs(args.out, runs, args.keep or args.report_only)
@@ -306,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(rows, runs, args.out, profile, smoke=not args.full)
     print()
     print(format_table(rows))
-    print(f"\nreport: {report} (and report.html beside it)")
+    print(f"\nreport: {report} (and report.html beside it, self-contained)")
     return 0 if rows and all(r["passed"] for r in rows) else 1
 
 

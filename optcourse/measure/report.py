@@ -74,8 +74,9 @@ class Report:
         return self
 
     def add_table(self, name: str, rows: list[dict], caption: str = "", columns: list[str] | None = None,
-                  digits: int = 4) -> "Report":
-        """A table from a list of dicts (one per row); ``columns`` picks and orders the keys."""
+                  digits: int = 4, row_classes: list[str] | None = None) -> "Report":
+        """A table from a list of dicts (one per row); ``columns`` picks and orders the keys; ``row_classes``
+        (HTML only) gives each row a class the page styles: ``pass`` (green), ``fail`` (red), ``skip`` (grey)."""
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError("table names are letters, digits, '_', '.', '-'")
         if name in self.tables:
@@ -86,7 +87,14 @@ class Report:
             for r in rows:
                 columns += [k for k in r if k not in columns]
         self.tables[name] = {"caption": caption, "columns": list(columns), "rows": rows}
-        self.blocks.append(_Block("table", {"name": name, "digits": digits}))
+        if row_classes is not None and len(row_classes) != len(rows):
+            raise ValueError(f"table {name!r}: {len(row_classes)} row classes for {len(rows)} rows")
+        self.blocks.append(_Block("table", {"name": name, "digits": digits, "classes": row_classes}))
+        return self
+
+    def add_links(self, items: list[tuple[str, str, str]]) -> "Report":
+        """A list of links ``(text, href, note)``: href relative to the report's folder (e.g. executed notebooks)."""
+        self.blocks.append(_Block("links", {"items": [tuple(map(str, item)) for item in items]}))
         return self
 
     def add_figure(self, name: str, figure, caption: str = "", dpi: int = 110) -> "Report":
@@ -133,6 +141,8 @@ class Report:
                 out += [d["text"], ""]
             elif block.kind == "code":
                 out += ["```", d["text"], "```", ""]
+            elif block.kind == "links":
+                out += [f"- [{text}]({href})" + (f" — {note}" if note else "") for text, href, note in d["items"]] + [""]
             elif block.kind == "table":
                 table = self.tables[d["name"]]
                 cols = table["columns"]
@@ -162,7 +172,9 @@ class Report:
                  "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{padding:3px 10px;"
                  "border-bottom:1px solid #ccc;text-align:right}th{background:#f3f3f3}"
                  "td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:bold}"
-                 "pre{background:#f7f7f7;padding:0.6em;overflow-x:auto}img{max-width:100%}</style></head><body>",
+                 "pre{background:#f7f7f7;padding:0.6em;overflow-x:auto}img{max-width:100%}"
+                 "tr.pass{background:#eaf7ea}tr.fail{background:#fbe0e0}tr.skip{background:#eee;color:#666}"
+                 "</style></head><body>",
                  f"<h1>{html.escape(self.title)}</h1>"]
         if self.subtitle:
             parts.append(f"<p><i>{html.escape(self.subtitle)}</i></p>")
@@ -174,12 +186,18 @@ class Report:
                 parts.append(f"<p>{inline(d['text'])}</p>")
             elif block.kind == "code":
                 parts.append(f"<pre>{html.escape(d['text'])}</pre>")
+            elif block.kind == "links":
+                parts.append("<ul>" + "".join(
+                    f"<li><a href='{html.escape(href, quote=True)}'>{html.escape(text)}</a>"
+                    + (f" — {html.escape(note)}" if note else "") + "</li>" for text, href, note in d["items"]) + "</ul>")
             elif block.kind == "table":
                 table = self.tables[d["name"]]
                 cols = table["columns"]
                 caption = f"Table {d['name']}" + (f": {table['caption']}" if table["caption"] else "")
-                rows = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c), d['digits']))}</td>"
-                                                 for c in cols) + "</tr>" for r in table["rows"])
+                classes = d.get("classes") or [""] * len(table["rows"])
+                rows = "".join((f"<tr class='{html.escape(k)}'>" if k else "<tr>")
+                               + "".join(f"<td>{html.escape(format_value(r.get(c), d['digits']))}</td>" for c in cols)
+                               + "</tr>" for r, k in zip(table["rows"], classes))
                 parts.append(f"<table data-name='{d['name']}'><caption>{html.escape(caption)}</caption><tr>"
                              + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows}</table>")
             elif block.kind == "figure":

@@ -72,7 +72,7 @@ def rule_applies(rule: dict, installed: dict | None) -> tuple[bool, str]:
 
 
 def check_thresholds(notebook: str, metrics: dict, thresholds: dict, installed: dict | None = None) -> list[dict]:
-    """Rows (item, metric, measured, threshold, passed) for every threshold of ``notebook``.
+    """Rows (item, metric, measured, unit, threshold, passed) for every threshold of ``notebook``.
 
     ``installed`` maps components (``tensorrt``, ``vllm``) to their version or None, as the notebook's
     metrics file recorded them (default: this process's ``hardware.capabilities()``).
@@ -86,8 +86,8 @@ def check_thresholds(notebook: str, metrics: dict, thresholds: dict, installed: 
         entry = metrics.get(metric)
         value = entry["value"] if entry else None
         applies, why = rule_applies(rule, installed)
-        row = {"item": notebook, "metric": metric, "measured": value, "threshold": describe_rule(rule),
-               "passed": check_value(value, rule) if applies else True}
+        row = {"item": notebook, "metric": metric, "measured": value, "unit": (entry or {}).get("unit", ""),
+               "threshold": describe_rule(rule), "passed": check_value(value, rule) if applies else True}
         if not applies:
             row.update(skipped=True, note=why)
         rows.append(row)

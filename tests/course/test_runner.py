@@ -24,11 +24,15 @@ def notebooks(tmp_path):
                          "from optcourse.core.hardware import resolve_profile\n"
                          "m = MetricsRecorder('good', metrics_path, resolve_profile(device))\n"
                          "m.record_path('TensorRT', False, 'TensorRT engines', 'the CPU provider')\n"
-                         "m.record('score', 3.0 if smoke else 5.0)")
+                         "m.record('score', 3.0 if smoke else 5.0, unit='pts')\n"
+                         "m.record('error', -2.4e-6, unit='rel')\n"
+                         "import pathlib, matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+                         "fig, ax = plt.subplots(); ax.plot([1, 2]); fig.savefig(pathlib.Path(output_dir) / 'curve.png')")
     bad = make_notebook(tmp_path / "bad.ipynb", "x = 1", "raise ValueError('the model file is missing')", "y = 2")
     thresholds = tmp_path / "thresholds"
     thresholds.mkdir()
-    (thresholds / "cpu.yaml").write_text("good:\n  score: {min: 2}\nbad:\n  score: {min: 1}\n")
+    (thresholds / "cpu.yaml").write_text("good:\n  score: {min: 2}\n  error: {max: 0.01}\n"
+                                         "  speed: {min: 2, requires: tensorrt}\nbad:\n  score: {min: 1}\n")
     return good, bad, thresholds
 
 
@@ -50,9 +54,16 @@ def test_runner_reports_metrics_failures_and_exit_code(notebooks, tmp_path, caps
     printed = capsys.readouterr().out
     assert "| good" in printed and "FAIL" in printed
     report = (out / "report.md").read_text()
-    assert "the model file is missing" in report and (out / "report.html").exists()
-    assert (out / "thresholds.png").exists()
-    assert "good: TensorRT is not installed here; using the CPU provider" in report   # the path each notebook took
+    assert "the model file is missing" in report and "smoke (CI-sized) parameters" in report
+    assert "| good | TensorRT is not installed here; using the CPU provider |" in report   # the path each notebook took
+    assert "| good | score | 3 pts | >= 2 | PASS |" in report                # rounded, with its unit
+    assert "| good | speed | — | >= 2 | SKIP | not applicable: tensorrt is not installed |" in report
+    assert (out / "report_files" / "thresholds.png").exists() and (out / "report_files" / "good-curve.png").exists()
+    page = (out / "report.html").read_text()
+    assert "<tr class='skip'>" in page and "<tr class='fail'>" in page and "<tr class='pass'>" in page
+    assert "href='notebooks/good.html'" in page and (out / "notebooks" / "good.html").exists()
+    from optcourse.measure.report import html_embedded_images
+    assert html_embedded_images(page) == 2        # the margins plot and the notebook's own plot
 
     # --keep adds a later job's notebooks to the same report (a long GPU run split over jobs); without it, a fresh report
     args = ["--profile", "cpu", "--notebook", str(good), "--include", "labs", "--out", str(out), "--thresholds-dir", str(thresholds)]
@@ -68,6 +79,16 @@ def test_runner_rejects_unknown_profile_and_missing_notebook(tmp_path, capsys):
     assert runner.main(["--profile", "cpu", "--notebook", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
     assert runner.main(["--profile", "cpu", "--include", "slides", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("measured, threshold, passed, want", [
+    (3.0, ">= 2", True, 1.5), (1.0, ">= 2", False, 0.5), (0.5, "<= 1", True, 2.0),
+    (-2.4e-6, "<= 0.01", True, 10.0),      # a tiny negative error under a maximum: at the edge, not -4000
+    (1e-9, "<= 0.01", True, 10.0), (0.0, ">= 0.5", False, 0.1), (5.0, ">= 0", True, 10.0)])
+def test_margin_is_bounded_for_tiny_zero_and_negative_values(measured, threshold, passed, want):
+    row = {"item": "n", "metric": "m", "measured": measured, "threshold": threshold, "passed": passed}
+    assert runner.margin(row) == pytest.approx(want)
+    assert runner.margin({**row, "skipped": True}) is None
 
 
 def test_format_table_shows_pass_and_fail():
