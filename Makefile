@@ -131,10 +131,10 @@ $(UV):
 # Grade a class: make autograde LAB=lab02_quantization [SUBMISSIONS=autograder/submitted|class.zip] [WORKERS=2]
 #   [BACKEND=local|ray] [RAY_ADDRESS=auto] [GPUS_PER_TASK=1]
 SUBMISSIONS ?= autograder/submitted
-autograde: setup  ## grade a class's submissions in sandboxes: LAB=... [SUBMISSIONS= WORKERS= BACKEND=local|ray]
+autograde: setup  ## grade a class's submissions in sandboxes: LAB=... [SUBMISSIONS= ROSTER= WORKERS= BACKEND=local|ray]
 	@test -n "$(LAB)" || { echo "usage: make autograde LAB=<lab> [SUBMISSIONS=folder-or-zip] [BACKEND=local|ray]"; exit 2; }
 	$(PY) -m optcourse.autograde $(LAB) $(SUBMISSIONS) --db sqlite:///$(CURDIR)/autograder/gradebook.db $(if $(WORKERS),--workers $(WORKERS)) \
-	  $(if $(BACKEND),--backend $(BACKEND)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(if $(GPUS_PER_TASK),--gpus-per-task $(GPUS_PER_TASK))
+	  $(if $(ROSTER),--roster $(ROSTER)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(if $(GPUS_PER_TASK),--gpus-per-task $(GPUS_PER_TASK))
 
 models-digits: setup  ## retrain the shipped digits ResNet (35 s, deterministic)
 	$(PY) -m optcourse.models.digits

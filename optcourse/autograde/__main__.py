@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None, choices=["cpu", "cuda"], help="hardware profile for thresholds")
     p.add_argument("--keep-autograded", action="store_true",
                    help="keep each executed notebook as OUT/artifacts/<student>.autograded.ipynb (for instructors)")
+    p.add_argument("--roster", default=None,
+                   help="CSV with login and name and/or lms_id: the ids of a Canvas or Moodle download become "
+                        "logins in the grades (see optcourse/autograde/roster.py)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         report = grade_batch(args.lab, args.submissions, out, source_dir=args.source_dir, db_url=args.db,
                              workers=args.workers, limit_overrides=overrides, profile=args.profile, progress=not args.no_progress,
                              keep_autograded=args.keep_autograded, backend=args.backend,
-                             ray_address=args.ray_address, gpus_per_task=gpus)
+                             ray_address=args.ray_address, gpus_per_task=gpus, roster=args.roster)
     except ValueError as err:  # e.g. more GPUs per task than the cluster has, an unreadable zip: nothing was graded
         print(f"\nerror: {plain(err)}", file=sys.stderr)
         return 1
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(report.results)} submissions graded in {report.wall_s:.1f} s with {args.workers} workers "
           f"({args.backend} backend); "
           f"grades: {out}/grades.csv (LMS: {out}/grades_lms.csv), feedback: {out}/feedback/")
+    if report.missing:
+        print(f"{len(report.missing)} roster student(s) without a submission (an empty grade in grades_lms.csv): "
+              f"{plain(', '.join(report.missing))}")
     if report.needs_review:
         print(f"NEEDS AN INSTRUCTOR'S LOOK: {plain(', '.join(report.needs_review))}")
         return 2

@@ -27,6 +27,7 @@ from optcourse.autograde import guard
 from optcourse.autograde import intake
 from optcourse.autograde.intake import Submission
 from optcourse.autograde import perf as perf_mod
+from optcourse.autograde import roster as roster_mod
 from optcourse.autograde import tester
 from optcourse.autograde import seal
 from optcourse.autograde.sandbox import UID_BASE, Limits, grade_task
@@ -479,15 +480,17 @@ def write_csv(path: pathlib.Path, info: LabInfo, results: list[StudentResult]) -
                         *[f"{perf.get(n, 0):g}" for n in perf_names], feedback_mod.csv_field(" | ".join(r.notes))])
 
 
-def write_lms_csv(path: pathlib.Path, lab: str, results: list[StudentResult]) -> None:
+def write_lms_csv(path: pathlib.Path, lab: str, results: list[StudentResult], missing: list[str] = ()) -> None:
     """Two columns an LMS maps on import: Moodle ("ID number" + grade item) and Canvas (match on SIS Login ID).
     A submission that was not graded normally (invalid, timed out, a sandbox error) gets an empty grade, not 0: the
-    instructor decides (it is listed in the summary as needing a look)."""
+    instructor decides (it is listed in the summary as needing a look); so does a roster student who submitted
+    nothing (``missing``)."""
+    rows = [(r.student, f"{r.score:g}" if r.status == "graded" else "") for r in results] + [(m, "") for m in missing]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["SIS Login ID", f"{lab} points"])
-        for r in sorted(results, key=lambda r: r.student):
-            w.writerow([feedback_mod.csv_field(r.student), f"{r.score:g}" if r.status == "graded" else ""])
+        for student, points in sorted(rows):
+            w.writerow([feedback_mod.csv_field(student), points])
 
 
 def summary_table(info: LabInfo, results: list[StudentResult]) -> str:
@@ -515,6 +518,7 @@ class BatchReport:
     wall_s: float
     table: str
     phases: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds: template, sandboxes, rest
+    missing: list[str] = dataclasses.field(default_factory=list)        # roster logins without a submission
 
     @property
     def needs_review(self) -> list[str]:
@@ -529,14 +533,15 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 limits: Limits | None = None, profile: str | None = None, progress: bool = True,
                 keep_autograded: bool = False, perf_checks: list | None = None, backend: str = "local",
                 ray_address: str | None = None, gpus_per_task: float = 0,
-                limit_overrides: dict | None = None) -> BatchReport:
+                limit_overrides: dict | None = None, roster: str | os.PathLike | None = None) -> BatchReport:
     """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``.
 
     ``backend``: ``local`` (a process pool of ``workers`` sandboxes on this machine) or ``ray`` (one Ray task
     per submission, on the cluster at ``ray_address`` or a local instance of ``workers`` CPUs; see
     ``raybackend``). ``gpus_per_task`` > 0 shows the sandbox the NVIDIA devices (and asks Ray for them).
     ``limits``: the sandbox's limits as given; by default the lab's own (its metadata, ``lab_limits``) with
-    ``limit_overrides`` (``cell_timeout_s``, ``notebook_timeout_s``, ``memory_gb``) applied."""
+    ``limit_overrides`` (``cell_timeout_s``, ``notebook_timeout_s``, ``memory_gb``) applied. ``roster``: a CSV that
+    maps the ids of an LMS download to logins (``roster.py``); its students without a submission are ``missing``."""
     from tqdm.auto import tqdm
 
     from optcourse.course.release import SOLUTIONS_DIR
@@ -549,12 +554,16 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
             if source_dir.is_dir() else []
         raise ValueError(f"unknown lab {lab!r}: the labs in {source_dir} are {', '.join(known) or 'none'}")
     db_url = db_url or f"sqlite:///{out.resolve()}/gradebook.db"
+    class_roster = roster_mod.Roster.load(roster) if roster is not None else None   # a bad roster answers at once
+    missing: list[str] = []
     checks = perf_mod.checks_for(lab) if perf_checks is None else perf_checks
     artifacts = sorted({c.artifact for c in checks})
     with tempfile.TemporaryDirectory(prefix=f"autograde-{lab}-") as tmp:
         work = pathlib.Path(tmp)
         os.chmod(work, 0o700)
         subs = collect_submissions(submissions, lab, work)  # before any work: a bad intake answers at once
+        if class_roster is not None:
+            subs, missing = roster_mod.assign(subs, class_roster)
         out.mkdir(parents=True, exist_ok=True)
         info = build_template(lab, source_dir, work)
         limits = limits or limits_for(info, **(limit_overrides or {}))
@@ -615,7 +624,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
             feedback_mod.clean_result(res)
         write_gradebook(db_url, info, source_dir, ordered, work)
     write_csv(out / "grades.csv", info, ordered)
-    write_lms_csv(out / "grades_lms.csv", lab, ordered)
+    write_lms_csv(out / "grades_lms.csv", lab, ordered, missing)
     fb = out / "feedback"
     fb.mkdir(exist_ok=True)
     for res in ordered:
@@ -623,11 +632,11 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     table = summary_table(info, ordered)
     wall = time.monotonic() - start
     phases["rest"] = wall - phases["template"] - phases["sandboxes"]  # performance checks, gradebook, files
-    report = BatchReport(lab, ordered, out, wall, table, {k: round(v, 2) for k, v in phases.items()})
+    report = BatchReport(lab, ordered, out, wall, table, {k: round(v, 2) for k, v in phases.items()}, missing)
     (out / "summary.txt").write_text(table + "\n")
     (out / "summary.json").write_text(json.dumps({
         "lab": lab, "wall_s": round(report.wall_s, 2), "phases_s": report.phases, "workers": workers,
-        "backend": backend, "needs_review": report.needs_review,
+        "backend": backend, "needs_review": report.needs_review, "missing": missing,
         "students": {r.student: {"score": r.score, "max_score": r.max_score, "status": r.status,
                                  "needs_review": r.needs_review, "notes": r.notes, "wall_s": round(r.wall_s, 1),
                                  "cells": {g: dataclasses.asdict(c) for g, c in r.cells.items()},
