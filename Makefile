@@ -46,7 +46,7 @@ export IPYTHONDIR := $(CACHE)/ipython
 export MPLCONFIGDIR := $(CACHE)/matplotlib
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help gpu-run setup run test test-fast lab validate release student-dist lock models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean browser-deps
+.PHONY: help gpu-run setup run test test-fast lab validate release student-dist lock formgrader models-digits models-llm quiz-validate quiz-generate quiz-grade quiz-export autograde clean browser-deps
 
 help:  ## list every target with one line each (this list)
 	@sed -n '1,7p' Makefile
@@ -133,8 +133,17 @@ $(UV):
 SUBMISSIONS ?= autograder/submitted
 autograde: setup  ## grade a class's submissions in sandboxes: LAB=... [SUBMISSIONS= ROSTER= WORKERS= BACKEND=local|ray]
 	@test -n "$(LAB)" || { echo "usage: make autograde LAB=<lab> [SUBMISSIONS=folder-or-zip] [BACKEND=local|ray]"; exit 2; }
-	$(PY) -m optcourse.autograde $(LAB) $(SUBMISSIONS) --db sqlite:///$(CURDIR)/autograder/gradebook.db $(if $(WORKERS),--workers $(WORKERS)) \
+	$(PY) -m optcourse.autograde $(LAB) $(SUBMISSIONS) --db sqlite:///$(CURDIR)/autograder/gradebook.db \
+	  --autograded-dir $(CURDIR)/autograder/autograded $(if $(WORKERS),--workers $(WORKERS)) \
 	  $(if $(ROSTER),--roster $(ROSTER)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(if $(GPUS_PER_TASK),--gpus-per-task $(GPUS_PER_TASK))
+
+# nbgrader's formgrader on the course's gradebook (autograder/gradebook.db, which make autograde fills, with the
+# executed notebooks in autograder/autograded/): manual grading of written answers, feedback. Its own port and token.
+formgrader: setup  ## nbgrader's formgrader on the course gradebook, 127.0.0.1 (manual grading after make autograde) [PORT=]
+	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
+	echo "formgrader: http://127.0.0.1:$(PORT)/formgrader?token=$$token"; \
+	cd autograder && JUPYTER_CONFIG_PATH=$(CURDIR)/autograder/jupyter-config $(PY) -m jupyterlab --ip 127.0.0.1 --port $(PORT) --no-browser --ServerApp.token=$$token \
+	  --ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 models-digits: setup  ## retrain the shipped digits ResNet (35 s, deterministic)
 	$(PY) -m optcourse.models.digits

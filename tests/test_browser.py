@@ -85,6 +85,9 @@ class JupyterLab:
         for name in ("config", "data", "runtime"):  # Jupyter's own folders: fresh, per test run
             env[f"JUPYTER_{name.upper()}_DIR"] = str(self.home / name)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        # as `make formgrader`: the login cookie on "/" (nbgrader's handlers would set it on the page's folder, and
+        # formgrader's /formgrader/api calls from a deep link would go unauthenticated: "Loading, please wait...")
+        env["JUPYTER_CONFIG_PATH"] = str(self.root / "autograder" / "jupyter-config")
         env.pop("JUPYTER_TOKEN", None)
         return env
 
@@ -191,6 +194,7 @@ def course(tmp_path_factory) -> pathlib.Path:
     shutil.copytree(REPO_ROOT / "solutions", root / "solutions", ignore=ignore)
     (root / "autograder").mkdir()
     shutil.copy(REPO_ROOT / "autograder" / "nbgrader_config.py", root / "autograder" / "nbgrader_config.py")
+    shutil.copytree(REPO_ROOT / "autograder" / "jupyter-config", root / "autograder" / "jupyter-config")
     return root
 
 
@@ -349,3 +353,95 @@ def test_the_run_report_reads_at_a_glance(page, tmp_path):
     assert "smoke (CI-sized) parameters" in text and "2.34567" not in text
     shot(page, "run-report.png")
     assert (ARTIFACTS / "run-report.png").stat().st_size > 20_000   # a rendered page, not a blank one
+
+
+MANUAL_LAB = "manual_lab"
+
+
+def manual_lab_source() -> "nbformat.NotebookNode":
+    """A two-cell lab: one autograded test, one written answer an instructor grades by hand (as lab 01's)."""
+    import nbformat
+
+    def meta(grade_id, grade, solution, locked, points=None):
+        m = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution}
+        return {"nbgrader": m | ({"points": points} if points is not None else {})}
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Manual lab\nOne function and one written answer."),
+        nbformat.v4.new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                                  metadata=meta("task1_double", False, True, False)),
+        nbformat.v4.new_code_cell("assert double(2) == 4, 'double(2) is 4'", metadata=meta("test_task1", True, False, True, 1)),
+        nbformat.v4.new_markdown_cell("Why does batching raise decode throughput? (2 points, graded by hand)",
+                                      metadata=meta("question", False, False, True)),
+        nbformat.v4.new_markdown_cell("Batching reads the weights once for many sequences.",
+                                      metadata=meta("written_answer", True, True, False, 2)),
+    ]
+    return nb
+
+
+def test_formgrader_opens_an_autograded_submission_and_saves_a_manual_grade(course, jupyterlab, page, tmp_path):
+    """The instructor's loop in nbgrader's own UI: the class autograder grades a submission into the course's gradebook
+    and autograded/ folder (what `make autograde` does), formgrader lists it, opens it with its automatic score, and
+    a manual grade typed for the written answer is saved in the gradebook."""
+    import nbformat
+    from nbgrader.api import Gradebook
+    from playwright.sync_api import expect
+
+    from optcourse.autograde.pipeline import grade_batch
+    from optcourse.autograde.sandbox import sandbox_available
+    from optcourse.course.release import nbgrader_generate
+
+    if not sandbox_available()[0]:
+        pytest.skip("the class autograder's sandbox is unavailable here")
+    (course / "solutions" / MANUAL_LAB).mkdir(exist_ok=True)
+    nbformat.write(manual_lab_source(), course / "solutions" / MANUAL_LAB / f"{MANUAL_LAB}.ipynb")
+    nbgrader_generate(MANUAL_LAB, root=course, source=str(course / "solutions"), release=tmp_path / "release",
+                      db_url=f"sqlite:///{tmp_path}/release.db")
+    student = nbformat.read(tmp_path / "release" / MANUAL_LAB / f"{MANUAL_LAB}.ipynb", as_version=4)
+    for cell in student.cells:   # the student's answers
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid == "task1_double":
+            cell.source = "def double(x):\n    return x + x"
+        elif gid == "written_answer":
+            cell.source = "One weight read serves every sequence of the batch."
+    (tmp_path / "submitted" / "alice" / MANUAL_LAB).mkdir(parents=True)
+    nbformat.write(student, tmp_path / "submitted" / "alice" / MANUAL_LAB / f"{MANUAL_LAB}.ipynb")
+    db = f"sqlite:///{course}/autograder/gradebook.db"      # the course's gradebook, as make autograde writes it
+    report = grade_batch(MANUAL_LAB, tmp_path / "submitted", tmp_path / "out", source_dir=course / "solutions",
+                         db_url=db, autograded_dir=course / "autograder" / "autograded", workers=1, progress=False)
+    assert report.by_student()["alice"].score == 1, report.table
+    assert (course / "autograder" / "autograded" / "alice" / MANUAL_LAB / f"{MANUAL_LAB}.ipynb").is_file()
+    with Gradebook(db) as gb:
+        submission_id = gb.find_submission_notebook(MANUAL_LAB, MANUAL_LAB, "alice").id
+
+    page.goto(f"{jupyterlab.url}/formgrader/gradebook/{MANUAL_LAB}/{MANUAL_LAB}?token={jupyterlab.token}",
+              wait_until="domcontentloaded")
+    row = page.get_by_role("row").filter(has_text="Submission #1")              # formgrader lists the submission
+    expect(row).to_contain_text("1 / 3")                                        # 1 automatic point of 3 so far
+    page.goto(f"{jupyterlab.url}/formgrader/submissions/{submission_id}/?token={jupyterlab.token}",
+              wait_until="domcontentloaded")
+    expect(page.get_by_text("One weight read serves every sequence of the batch.")).to_be_visible()
+    score = page.locator("input#written_answer")
+    expect(score).to_be_visible()
+    score.fill("1.5")
+    score.press("Tab")                       # formgrader saves a score when the field changes
+    expect(page.locator("input#written_answer + .score-saved, .score-saved").first).to_be_attached()
+    deadline = time.time() + 30
+    while True:
+        with Gradebook(db) as gb:
+            grade = gb.find_grade("written_answer", MANUAL_LAB, MANUAL_LAB, "alice")
+            manual, auto = grade.manual_score, gb.find_grade("test_task1", MANUAL_LAB, MANUAL_LAB, "alice").auto_score
+        if manual is not None or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    shot(page, "formgrader-manual-grade.png")
+    assert manual == 1.5 and auto == 1, (manual, auto)
+    # grading the class again (a late submission, a fixed test) keeps the instructor's grade
+    grade_batch(MANUAL_LAB, tmp_path / "submitted", tmp_path / "out", source_dir=course / "solutions",
+                db_url=db, autograded_dir=course / "autograder" / "autograded", workers=1, progress=False)
+    with Gradebook(db) as gb:
+        grade = gb.find_grade("written_answer", MANUAL_LAB, MANUAL_LAB, "alice")
+        assert (grade.manual_score, grade.needs_manual_grade) == (1.5, False)
+        assert gb.find_submission(MANUAL_LAB, "alice").score == 2.5

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--roster", default=None,
                    help="CSV with login and name and/or lms_id: the ids of a Canvas or Moodle download become "
                         "logins in the grades (see optcourse/autograde/roster.py)")
+    p.add_argument("--autograded-dir", default=None,
+                   help="also write each executed notebook as DIR/<student>/LAB/LAB.ipynb (nbgrader's autograded "
+                        "layout: the formgrader opens them for manual grading; make autograde gives "
+                        "autograder/autograded with the course's gradebook)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         report = grade_batch(args.lab, args.submissions, out, source_dir=args.source_dir, db_url=args.db,
                              workers=args.workers, limit_overrides=overrides, profile=args.profile, progress=not args.no_progress,
                              keep_autograded=args.keep_autograded, backend=args.backend,
-                             ray_address=args.ray_address, gpus_per_task=gpus, roster=args.roster)
+                             ray_address=args.ray_address, gpus_per_task=gpus, roster=args.roster,
+                             autograded_dir=args.autograded_dir)
     except ValueError as err:  # e.g. more GPUs per task than the cluster has, an unreadable zip: nothing was graded
         print(f"\nerror: {plain(err)}", file=sys.stderr)
         return 1

@@ -456,13 +456,31 @@ def write_gradebook(db_url: str, info: LabInfo, source_dir: pathlib.Path, result
             for gid, cell in res.cells.items():
                 grade = gb.find_grade(gid, nb_name, info.lab, res.student)
                 grade.auto_score = cell.score
-                grade.needs_manual_grade = cell.score is None or grade.manual_score is not None
+                # a person must look where nothing scored the cell yet (a written answer before formgrader)
+                grade.needs_manual_grade = cell.score is None and grade.manual_score is None
                 try:
                     comment = gb.find_comment(gid, nb_name, info.lab, res.student)
                     comment.auto_comment = None if cell.reason == "passed" else cell.reason
                 except MissingEntry:
                     pass
             gb.db.commit()
+
+
+def write_autograded(folder: pathlib.Path, info: LabInfo, out: pathlib.Path, results: list[StudentResult],
+                     keep: bool) -> None:
+    """Each executed notebook into nbgrader's autograded layout (``<folder>/<student>/<lab>/<notebook>``), where the
+    formgrader renders it with the gradebook's scores; a submission that was not executed (invalid) has none, and an
+    earlier run's copy of it is removed so formgrader never shows a stale one. ``keep``: leave the copy in
+    ``out/artifacts`` too (``--keep-autograded``)."""
+    for res in results:
+        dest = folder / res.student / info.lab / info.notebook
+        executed = out / "artifacts" / f"{res.student}.autograded.ipynb"
+        dest.unlink(missing_ok=True)
+        if executed.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(executed, dest)
+            if not keep:
+                executed.unlink()
 
 
 def write_csv(path: pathlib.Path, info: LabInfo, results: list[StudentResult]) -> None:
@@ -533,7 +551,8 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 limits: Limits | None = None, profile: str | None = None, progress: bool = True,
                 keep_autograded: bool = False, perf_checks: list | None = None, backend: str = "local",
                 ray_address: str | None = None, gpus_per_task: float = 0,
-                limit_overrides: dict | None = None, roster: str | os.PathLike | None = None) -> BatchReport:
+                limit_overrides: dict | None = None, roster: str | os.PathLike | None = None,
+                autograded_dir: str | os.PathLike | None = None) -> BatchReport:
     """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``.
 
     ``backend``: ``local`` (a process pool of ``workers`` sandboxes on this machine) or ``ray`` (one Ray task
@@ -541,7 +560,10 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     ``raybackend``). ``gpus_per_task`` > 0 shows the sandbox the NVIDIA devices (and asks Ray for them).
     ``limits``: the sandbox's limits as given; by default the lab's own (its metadata, ``lab_limits``) with
     ``limit_overrides`` (``cell_timeout_s``, ``notebook_timeout_s``, ``memory_gb``) applied. ``roster``: a CSV that
-    maps the ids of an LMS download to logins (``roster.py``); its students without a submission are ``missing``."""
+    maps the ids of an LMS download to logins (``roster.py``); its students without a submission are ``missing``.
+    ``autograded_dir``: also write each executed notebook as ``<dir>/<student>/<lab>/<notebook>``, nbgrader's
+    autograded layout, where the formgrader opens a submission for manual grading (``make autograde`` gives the
+    course's ``autograder/autograded`` with the course's gradebook)."""
     from tqdm.auto import tqdm
 
     from optcourse.course.release import SOLUTIONS_DIR
@@ -584,7 +606,8 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
             tasks[sub.student] = (sub, code, {
                 "template": str(info.template), "lab": lab, "student": sub.student, "path": str(sub.path.resolve()),
                 "notebook": info.notebook, "artifacts": artifacts, "limits": dataclasses.asdict(limits),
-                "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded, "watch": info.watch,
+                "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded or autograded_dir is not None,
+                "watch": info.watch,
                 "sealed": info.sealed,
                 "artifact_dir": str(out / "artifacts" / sub.student)})
         bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
@@ -623,6 +646,8 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
         for res in ordered:  # no escape sequence or control character in anything shown from here on
             feedback_mod.clean_result(res)
         write_gradebook(db_url, info, source_dir, ordered, work)
+        if autograded_dir is not None:
+            write_autograded(pathlib.Path(autograded_dir), info, out, ordered, keep=keep_autograded)
     write_csv(out / "grades.csv", info, ordered)
     write_lms_csv(out / "grades_lms.csv", lab, ordered, missing)
     fb = out / "feedback"
