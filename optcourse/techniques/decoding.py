@@ -183,3 +183,54 @@ def tiled_attention(q, k, v, block_q: int = 64, block_k: int = 64, causal: bool 
             m_i = m_new
         out[..., i:i + rows, :] = acc / l_i
     return out
+
+
+def attention_peak_bytes(n: int, backend: str, *, batch: int = 1, heads: int = 4, head_dim: int = 64,
+                         device: str = "cpu", dtype: torch.dtype = torch.float32) -> int:
+    """Peak memory one causal ``scaled_dot_product_attention`` call adds above its inputs, with SDPA's ``backend``
+    (``"math"``: the composite that materialises the (n x n) scores; ``"flash"``: the tiled kernel).
+
+    CUDA: the allocator's own high-water mark (``torch.cuda.max_memory_allocated``), reset after the inputs are made.
+    CPU: there is no allocator statistic, and a process's peak RSS never falls: the call runs in a fresh Python
+    process (one per call), whose peak RSS (``VmHWM``) growth over what it had after making the inputs is the answer. Either
+    way an earlier call cannot hide a later one's peak (the trap of reading ``ru_maxrss`` twice in one process)."""
+    if backend not in ("math", "flash"):
+        raise ValueError(f"backend must be 'math' or 'flash', got {backend!r}")
+    if device.startswith("cuda"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        q, k, v = (torch.randn(batch, heads, n, head_dim, device=device, dtype=dtype) for _ in range(3))
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with sdpa_kernel([SDPBackend.MATH if backend == "math" else SDPBackend.FLASH_ATTENTION]):
+            out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        del out, q, k, v
+        return int(peak)
+    import subprocess
+    import sys
+
+    # the peak of this process's own memory map (VmHWM): getrusage's ru_maxrss would start at the parent's peak,
+    # which exec carries over (a notebook kernel of 2 GB would hide any call below that)
+    code = ("import resource, sys, torch\n"
+            "from torch import nn\n"
+            "def peak():\n"
+            "    try:\n"
+            "        with open('/proc/self/status') as f:\n"
+            "            return next(int(l.split()[1]) * 1024 for l in f if l.startswith('VmHWM:'))\n"
+            "    except (OSError, StopIteration):\n"
+            "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            "from torch.nn.attention import SDPBackend, sdpa_kernel\n"
+            "torch.set_num_threads(1)\n"
+            f"q, k, v = (torch.randn({batch}, {heads}, {n}, {head_dim}, dtype=torch.{str(dtype).split('.')[-1]}) "
+            "for _ in range(3))\n"
+            "before = peak()\n"
+            f"with sdpa_kernel([SDPBackend.{'MATH' if backend == 'math' else 'FLASH_ATTENTION'}]):\n"
+            "    out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)\n"
+            "print(peak() - before)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        raise RuntimeError(f"the {backend} attention process failed: {run.stderr[-1500:]}")
+    return int(run.stdout.strip().splitlines()[-1])

@@ -80,3 +80,21 @@ def test_tiled_attention_matches_naive_and_sdpa(causal, n, m):
     if n == m:
         sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
         assert torch.allclose(out, sdpa, atol=1e-5)
+
+
+def test_attention_peak_memory_sees_the_score_matrix_of_math_and_not_of_flash():
+    """Measured per call in a fresh process: math holds the n x n scores (at least one fp32 matrix), flash only
+    tiles; measuring flash after math (the order that hid flash's peak behind math's in one process) changes
+    nothing."""
+    import numpy as np
+
+    n = 1024
+    scores = 4 * n * n * 4                           # heads 4, fp32
+    ballast = np.ones(100_000_000)   # 800 MB in this process: a child's ru_maxrss would start above the math peak
+    math_peak = decoding.attention_peak_bytes(n, "math")
+    flash_peak = decoding.attention_peak_bytes(n, "flash")
+    assert math_peak >= 0.9 * scores, (math_peak, scores)
+    assert flash_peak <= 0.5 * scores, (flash_peak, scores)
+    del ballast
+    with pytest.raises(ValueError, match="backend"):
+        decoding.attention_peak_bytes(n, "xformers")
