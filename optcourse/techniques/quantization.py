@@ -464,3 +464,43 @@ def dtype_roundtrip_error(x: torch.Tensor, dtype: torch.dtype) -> dict[str, floa
     rel = ((y - x).abs() / x.abs().clamp(min=1e-30))[finite]
     return {"max_rel_error": float(rel.max()) if rel.numel() else math.inf,
             "overflow": int((~finite).sum())}
+
+
+# ---------------------------------------------------------------------------------------- FP8 GEMM (W8A8 in FP8)
+def to_fp8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled FP8 E4M3: ``(t / scale)`` cast to ``float8_e4m3fn`` with ``scale = amax / 448`` (the format's
+    maximum), so the tensor's range sits just under it; returns ``(values, scale)`` (scale a float32 scalar)."""
+    fmax = torch.finfo(torch.float8_e4m3fn).max
+    scale = (t.detach().abs().amax().float() / fmax).clamp(min=1e-12)
+    return (t.float() / scale).clamp(-fmax, fmax).to(torch.float8_e4m3fn), scale
+
+
+def fp8_matmul(a_fp8: torch.Tensor, a_scale: torch.Tensor, b_fp8: torch.Tensor, b_scale: torch.Tensor,
+               out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """``a @ b.T`` from FP8 operands (``to_fp8``), accumulated in FP32 and written in ``out_dtype``:
+    ``torch._scaled_mm``, the FP8 tensor-core GEMM on Hopper/Ada/Blackwell (a reference kernel on a CPU).
+    ``a`` is (m, k), ``b`` is (n, k) as a linear layer's weight; on CUDA m, n, k are multiples of 16."""
+    return torch._scaled_mm(a_fp8, b_fp8.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype)
+
+
+def compare_fp8_gemm(m: int, n: int, k: int, device: str = "cpu", rounds: int = 3, repeat: int = 5,
+                     seed: int = 0) -> dict:
+    """BF16 GEMM vs FP8 GEMM on random (m, k) x (n, k) operands, timed side by side (``bench.compare``, operands
+    quantized once beforehand, as weights are offline and activations by the previous kernel), and the error of each
+    against an FP32 product: ``{"bf16_ms", "fp8_ms", "fp8_speedup", "bf16_rel_error", "fp8_rel_error",
+    "bf16_tflops", "fp8_tflops"}``."""
+    from optcourse.measure import bench
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    a32, b32 = torch.randn(m, k, generator=g).to(device), torch.randn(n, k, generator=g).to(device)
+    a16, b16 = a32.to(torch.bfloat16), b32.to(torch.bfloat16)
+    (a8, sa), (b8, sb) = to_fp8(a32), to_fp8(b32)
+    reference = a32 @ b32.T
+    cmp = bench.compare({"bf16": lambda: a16 @ b16.T, "fp8": lambda: fp8_matmul(a8, sa, b8, sb)},
+                        rounds=rounds, repeat=repeat, warmup=2)
+    flops = 2 * m * n * k
+    bf16_ms, fp8_ms = cmp.stats["bf16"].median, cmp.stats["fp8"].median
+    return {"bf16_ms": bf16_ms, "fp8_ms": fp8_ms, "fp8_speedup": cmp.speedup("bf16", "fp8"),
+            "bf16_rel_error": relative_error(reference, (a16 @ b16.T).float()),
+            "fp8_rel_error": relative_error(reference, fp8_matmul(a8, sa, b8, sb).float()),
+            "bf16_tflops": flops / bf16_ms / 1e9, "fp8_tflops": flops / fp8_ms / 1e9}

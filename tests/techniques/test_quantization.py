@@ -138,3 +138,17 @@ def test_float_roundtrip_fp8_saturates_and_bf16_is_coarser_than_fp16():
     assert Q.float_roundtrip(x, torch.float16)[1] == x[1]
     assert Q.float_roundtrip(x, torch.bfloat16)[1] == 1.0
     assert Q.float_roundtrip(x, torch.float8_e4m3fn, scale=1000 / 448)[0] == pytest.approx(1000.0)
+
+
+def test_fp8_gemm_has_e4m3s_error_and_bf16_has_a_tenth_of_it():
+    from optcourse.techniques.quantization import compare_fp8_gemm, to_fp8
+
+    t = torch.tensor([[-3.0, 0.5], [1.5, 0.0]])
+    values, scale = to_fp8(t)
+    assert values.dtype == torch.float8_e4m3fn and float(scale) == pytest.approx(3.0 / 448)
+    assert float(values.float().abs().max()) == 448.0          # the largest magnitude lands on the format's maximum
+    r = compare_fp8_gemm(64, 128, 256, rounds=1, repeat=1)
+    # 3 mantissa bits: a few percent on a K=256 product of normal operands; bf16's 7 bits: a few tenths of a percent
+    assert 0.01 < r["fp8_rel_error"] < 0.06, r
+    assert r["bf16_rel_error"] < r["fp8_rel_error"] / 5, r
+    assert r["fp8_ms"] > 0 and r["bf16_ms"] > 0 and r["fp8_speedup"] == pytest.approx(r["bf16_ms"] / r["fp8_ms"], rel=0.5)
