@@ -478,9 +478,7 @@ def write_autograded(folder: pathlib.Path, info: LabInfo, out: pathlib.Path, res
         dest.unlink(missing_ok=True)
         if executed.is_file():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(executed, dest)
-            if not keep:
-                executed.unlink()
+            (shutil.copyfile if keep else shutil.move)(executed, dest)
 
 
 def write_csv(path: pathlib.Path, info: LabInfo, results: list[StudentResult]) -> None:

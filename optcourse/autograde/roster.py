@@ -61,6 +61,13 @@ def name_keys(name: str) -> set[str]:
 class Roster:
     students: list[Student]
 
+    def __post_init__(self) -> None:
+        # every order of every student's name, computed once (match() runs once per submission)
+        self.by_name: dict[str, list[Student]] = {}
+        for s in self.students:
+            for key in name_keys(s.name) if s.name else ():
+                self.by_name.setdefault(key, []).append(s)
+
     @classmethod
     def load(cls, path: str | pathlib.Path) -> "Roster":
         path = pathlib.Path(path)
@@ -104,7 +111,7 @@ class Roster:
             if hits:
                 return hits, f"LMS id {number.group(1)}"
         name = squash(ident[:number.start()] if number else ident)
-        hits = [s for s in self.students if s.name and name and name in name_keys(s.name)]
+        hits = list(self.by_name.get(name, [])) if name else []
         if hits:
             return hits, "name"
         return [s for s in self.students if s.login == ident], "login"

@@ -163,7 +163,7 @@ def format_measured(row: dict) -> str:
         return "—"
     unit = row.get("unit") or ("s" if row.get("metric") == "executes" else "")
     text = format_value(value) if isinstance(value, (int, float)) else str(value)
-    return f"{text} {unit}".strip() if unit not in ("bool",) else text
+    return f"{text} {unit}".strip() if unit != "bool" else text
 
 
 def format_table(rows: list[dict]) -> str:
@@ -213,8 +213,7 @@ def plot_margins(rows: list[dict]):
     if not bars:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.24 * len(bars) + 1.0))
-    ax.barh(range(len(bars)), [m for _, m in bars], color=["tab:green" if r["passed"] else "tab:red" for r, _ in bars],
-            left=0)
+    ax.barh(range(len(bars)), [m for _, m in bars], color=["tab:green" if r["passed"] else "tab:red" for r, _ in bars])
     ax.set_xscale("log")
     ax.set_xlim(*MARGIN_RANGE)
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
@@ -228,9 +227,10 @@ def plot_margins(rows: list[dict]):
 
 
 def executed_html(run: NotebookRun) -> pathlib.Path | None:
-    """The executed notebook as HTML beside it (what the report links); None when it cannot be made."""
+    """The executed notebook as HTML beside it (what the report links), converted again only when the notebook is
+    newer than it; None when it cannot be made."""
     target = run.output.with_suffix(".html")
-    if run.output.exists():
+    if run.output.exists() and (not target.exists() or target.stat().st_mtime < run.output.stat().st_mtime):
         try:
             import nbconvert
             import nbformat
