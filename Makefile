@@ -159,8 +159,8 @@ quiz-validate: setup  ## check the quiz bank
 
 SEED ?= 2025
 STUDENTS ?= sample
-quiz-generate: setup  ## per-student quizzes and answer keys [SEED= STUDENTS=]
-	$(PY) -m optcourse.quiz generate --seed $(SEED) $(foreach s,$(STUDENTS),--student $(s)) --out build/quiz/students --key-dir quiz/keys
+quiz-generate: setup  ## per-student quizzes and answer keys [SEED= STUDENTS= or ROSTER=roster.csv]
+	$(PY) -m optcourse.quiz generate --seed $(SEED) $(if $(ROSTER),--roster $(ROSTER),$(foreach s,$(STUDENTS),--student $(s))) --out build/quiz/students --key-dir quiz/keys
 
 # Defaults grade the shipped class sample; set QUIZ_KEYS=quiz/keys RESPONSES=<folder> for a real class.
 QUIZ_KEYS ?= quiz/samples/key

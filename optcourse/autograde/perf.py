@@ -462,6 +462,81 @@ class OnnxClassifierCheck:
                            f"(>= {min_accuracy:g}){drop} on the {ctx.resolved_profile()} profile", measured)
 
 
+@dataclasses.dataclass
+class EngineSloCheck:
+    """A student's vLLM engine configuration (lab 03), served by the grader: the configuration's goodput under the
+    lab's SLO (``serving.deployment.SLOS``: an open-loop Poisson load) over the reference configuration's, both
+    measured by the grader in this batch (``serving.engine.measure``). The artifact is a small JSON file of knobs,
+    validated (``EngineConfig.from_dict``, ``deployment.check``) before anything starts: nothing else of the
+    student's reaches vLLM's command line. Each distinct configuration is measured once per batch and cached in the
+    batch's work folder (equal choices get equal grades; the reference is measured once)."""
+
+    name: str
+    artifact: str
+    points: float
+    ratio_metric: str = "slo_goodput_vs_reference"   # key in the thresholds file (min)
+    min_ratio: float = 0.8
+    min_reference_attainment: float = 0.9            # below it this machine could not serve the SLO: flagged
+    timeout_s: float = 900.0                         # two server starts (~40 s each on 2 cores) and their loads
+    memory_bytes: int = 1 << 40                      # vLLM reserves far more address space than it uses
+
+    def prepare(self, ctx: PerfContext) -> None:
+        ctx.resolved_profile()
+        ctx.thresholds()
+
+    def measured(self, config, ctx: PerfContext) -> dict:
+        from optcourse.serving import deployment, engine
+
+        # cpu: --enforce-eager (a start in seconds on 2 cores); cuda: compiled with CUDA graphs, as deployed
+        folder = pathlib.Path(ctx.workdir or ".") / "engine-slo"
+        cached = folder / f"{config.key()}.json"
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        profile = ctx.resolved_profile()
+        model, random_weights = deployment.model(profile, None, folder)
+        slo = deployment.SLOS[profile]
+        run = engine.measure(model, config, slo, deployment.prompts(),
+                             common_args=deployment.common_args(profile == "cpu", random_weights, profile),
+                             default_kv_bytes=slo.kv_budget_bytes, log_path=folder / f"{config.key()}.log")
+        result = run.as_dict()
+        cached.write_text(json.dumps(result))
+        return result
+
+    def run(self, path: pathlib.Path, ctx: PerfContext) -> CheckResult:
+        from transformers import AutoConfig
+
+        from optcourse.serving import deployment, engine
+
+        profile = ctx.resolved_profile()
+        model, _ = deployment.model(profile, None, pathlib.Path(ctx.workdir or ".") / "engine-slo")
+        try:
+            config = engine.load(read_regular_file(path, limit=engine.MAX_CONFIG_BYTES))
+            deployment.check(config, AutoConfig.from_pretrained(model), profile)
+        except engine.ConfigError as err:
+            raise ArtifactError(f"the engine configuration cannot be served: {err}") from None
+        reference = self.measured(deployment.REFERENCE, ctx)
+        mine = self.measured(config, ctx)
+        slo = deployment.SLOS[profile]
+        min_ratio = float((ctx.thresholds().get(self.ratio_metric) or {}).get("min", self.min_ratio))
+        ratio = mine["goodput_req_s"] / reference["goodput_req_s"] if reference["goodput_req_s"] > 0 else 0.0
+        rule = (f"TTFT <= {slo.ttft_ms:g} ms and TPOT <= {slo.tpot_ms:g} ms at {slo.rate_per_s:g} requests/s "
+                f"(open loop, {slo.requests} requests of {slo.max_tokens} tokens, {profile} profile)")
+        measured = {"ratio": round(ratio, 3), "min_ratio": min_ratio, "student": mine, "reference": reference}
+        if reference["attainment"] < self.min_reference_attainment:
+            return CheckResult(self.name, 0.0, self.points, False,
+                               f"the grader's reference configuration met the SLO ({rule}) on only "
+                               f"{100 * reference['attainment']:.0f} % of its requests on this machine, so the "
+                               "SLO could not be checked: an instructor will look", measured, review=True)
+        text = (f"your configuration served {mine['goodput_req_s']:.2f} requests/s within the SLO ({rule}; "
+                f"{100 * mine['attainment']:.0f} % of requests, {mine['preemptions']:g} preemptions), the reference "
+                f"{reference['goodput_req_s']:.2f}: {ratio:.2f}x")
+        if ratio < min_ratio:
+            return CheckResult(self.name, 0.0, self.points, False, f"{text}, below the required {min_ratio:g}x",
+                               measured)
+        return CheckResult(self.name, self.points, self.points, True, f"passed: {text} (>= {min_ratio:g}x)", measured)
+
+
 # ------------------------------------------------------------------ one check, in its own process
 def _vm_bytes() -> int:
     try:
@@ -630,3 +705,7 @@ register("lab01_tensorrt_int8", OnnxClassifierCheck(
     speedup_metric="digits_int8_speedup_vs_ort_fp32_b32",
     accuracy_drop_metric="digits_int8_accuracy_drop_points", require_int8=True,
     match_reference=True, min_agreement=0.95, max_speedup=8.0))
+
+# lab03 Task 6: the test cell test_task6_engine_config saves the student's engine configuration as
+# outputs/engine_config.json; the grader serves it and the reference under the lab's SLO (goodput ratio >= 0.8).
+register("lab03_vllm_deployment", EngineSloCheck(name="slo_goodput", artifact="outputs/engine_config.json", points=3))

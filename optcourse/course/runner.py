@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import time
 
 from optcourse.core.hardware import capabilities, resolve_profile
@@ -72,6 +73,20 @@ def describe_failure(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"[:500]
 
 
+def ipc_kernel_manager(folder: str):
+    """A kernel manager whose kernel talks over Unix sockets in ``folder`` instead of TCP on 127.0.0.1: nothing to
+    eavesdrop, and the kernel's "running over TCP without encryption" warning (printed once per notebook) is gone."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(pathlib.Path(folder) / "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool,
             cell_timeout: int, extra_parameters: dict | None = None, progress: bool = False) -> NotebookRun:
     """Run one notebook with papermill; ``progress``: papermill's bar, a step per cell (the CLI shows it: lab 03's
@@ -88,9 +103,10 @@ def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool
                   "output_dir": str(run.artifacts), **(extra_parameters or {})}
     start = time.time()
     try:
-        papermill.execute_notebook(str(path), str(run.output), parameters=parameters, kernel_name="python3",
-                                   cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=progress,
-                                   log_output=False)
+        with tempfile.TemporaryDirectory(prefix="optcourse-kernel-") as sockets:
+            papermill.execute_notebook(str(path), str(run.output), parameters=parameters, kernel_name="python3",
+                                       cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=progress,
+                                       log_output=False, kernel_manager_class=ipc_kernel_manager(sockets))
         run.ok = True
     except Exception as err:  # noqa: BLE001 - any failure is reported and the run goes on
         run.error = describe_failure(err)

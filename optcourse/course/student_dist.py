@@ -161,14 +161,16 @@ class LabGrading:
     test_cells: int
     hidden_test_cells: int
     cell_timeout_s: int | None
+    grader_points: float = 0.0     # the grader's own measurements of an artifact (optcourse.autograde.perf)
 
     @property
     def points(self) -> float:
-        return self.auto_points + self.manual_points
+        return self.auto_points + self.manual_points + self.grader_points
 
 
 def lab_grading(lab: str) -> LabGrading:
     """Points and grading of a lab, from its solution notebook's nbgrader metadata (what the grader uses)."""
+    from optcourse.autograde import perf
     from optcourse.autograde.pipeline import lab_limits
 
     nb = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
@@ -187,15 +189,17 @@ def lab_grading(lab: str) -> LabGrading:
             manual += points
     first = nb.cells[0].source.splitlines()[0] if nb.cells else lab
     return LabGrading(lab, first.lstrip("# ").strip(), auto, manual, tests, hidden,
-                      lab_limits(nb).get("cell_timeout_s"))
+                      lab_limits(nb).get("cell_timeout_s"), sum(float(c.points) for c in perf.checks_for(lab)))
 
 
 def labs_table(labs: list[str]) -> str:
-    rows = ["| lab | total points | automatic tests (points) | read by an instructor (points) | "
-            "test cells with hidden tests | time limit per cell |", "|---|---|---|---|---|---|"]
+    rows = ["| lab | total points | automatic tests (points) | measured by the grader (points) | "
+            "read by an instructor (points) | test cells with hidden tests | time limit per cell |",
+            "|---|---|---|---|---|---|---|"]
     for g in map(lab_grading, labs):
         limit = f"{g.cell_timeout_s} s" if g.cell_timeout_s else "the grader's default"
-        rows.append(f"| `{g.lab}`: {g.title} | **{g.points:g}** | {g.auto_points:g} | {g.manual_points:g} | "
+        rows.append(f"| `{g.lab}`: {g.title} | **{g.points:g}** | {g.auto_points:g} | {g.grader_points:g} | "
+                    f"{g.manual_points:g} | "
                     f"{g.hidden_test_cells} of {g.test_cells} | {limit} |")
     return "\n".join(rows)
 

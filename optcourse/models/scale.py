@@ -54,6 +54,25 @@ def random_llama(shape: str, device: str = "cpu", dtype: torch.dtype = torch.bfl
     return model.eval()
 
 
+def serving_folder(shape: str, dest) -> "pathlib.Path":
+    """A model folder vLLM serves with ``--load-format dummy`` (random weights made on the device, nothing read from
+    disk): ``shape``'s config and the course Llama's tokenizer (its 8192 token ids all lie inside any shape's
+    vocabulary). Written once into ``dest``; returns it."""
+    import pathlib
+    import shutil
+
+    from optcourse.models.llm import llm_dir
+
+    dest = pathlib.Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = llama_config(shape).to_dict()
+    config.update(architectures=["LlamaForCausalLM"], torch_dtype="bfloat16", _optcourse_shape=shape)
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(llm_dir(None) / name, dest / name)
+    return dest
+
+
 def weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 

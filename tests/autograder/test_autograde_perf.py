@@ -372,3 +372,73 @@ def old_is_int8(data: bytes) -> bool:
     ops = {n.op_type for n in model.graph.node} & perf.INT8_OPS
     return bool(ops) and any(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and np.prod(t.dims or [1]) > 16
                              for t in model.graph.initializer)
+
+
+class FakeRun:
+    """What ``engine.measure`` returns, for a served configuration whose goodput is its max_num_seqs capped at 16."""
+
+    def __init__(self, config, attainment=1.0):
+        self.config, self.attainment = config, attainment
+
+    def as_dict(self):
+        good = float(min(self.config.max_num_seqs, 16))
+        return {"config": self.config.to_dict(), "goodput_req_s": good, "attainment": self.attainment * good / 16,
+                "preemptions": 0.0}
+
+
+@pytest.fixture
+def slo_check(monkeypatch, tmp_path):
+    """lab03's check with the server measurement faked (forked children inherit the patch); every call is logged."""
+    from optcourse.serving import engine
+
+    log = tmp_path / "measured.log"
+
+    def fake_measure(model, config, slo, prompts, **kw):
+        with open(log, "a") as f:
+            f.write(config.key() + "\n")
+        return FakeRun(config)
+
+    monkeypatch.setattr(engine, "measure", fake_measure)
+    ctx = perf.PerfContext(lab="lab03_vllm_deployment", profile="cpu", workdir=tmp_path / "grader")
+    (check,) = perf.checks_for("lab03_vllm_deployment")
+
+    def grade(values):
+        art = tmp_path / "engine_config.json"
+        art.write_text(values if isinstance(values, str) else json.dumps(values))
+        return perf.run_check(check, art, ctx)
+
+    return grade, log
+
+
+def test_lab03_engine_configuration_is_served_by_the_grader_against_the_reference(slo_check):
+    grade, log = slo_check
+    good = grade({"max_num_seqs": 64})
+    assert good.passed and good.score == good.max_score == 3 and good.measured["ratio"] == 1.0, good
+    again = grade({"max_num_seqs": 64})                       # the same choice: measured once, the same grade
+    bad = grade({"max_num_seqs": 2})
+    assert again.score == 3 and not bad.passed and bad.score == 0 and "below the required 0.8x" in bad.reason, bad
+    assert bad.measured["ratio"] == 2 / 16
+    keys = log.read_text().split()
+    assert len(keys) == 3 and len(set(keys)) == 3, keys       # reference, 64, 2: each once
+
+
+@pytest.mark.parametrize("artifact, why", [
+    ("{not json", "not JSON"),
+    ({"max_num_seqs": 8, "model": "/etc/passwd"}, "unknown engine knob"),
+    ({"max_num_seqs": 8, "kv_cache_memory_bytes": 4 * 128 * 4096}, "cannot hold one request"),
+    ({"max_num_seqs": 8, "kv_cache_memory_bytes": 1 << 30}, "over the budget"),
+])
+def test_lab03_an_engine_configuration_that_cannot_be_served_scores_0_before_any_server_starts(slo_check, artifact, why):
+    grade, log = slo_check
+    res = grade(artifact)
+    assert res.score == 0 and "cannot be served" in res.reason and why in res.reason, res
+    assert not log.exists()
+
+
+def test_lab03_a_reference_that_misses_the_slo_is_flagged_not_graded(slo_check, monkeypatch):
+    from optcourse.serving import engine
+
+    monkeypatch.setattr(engine, "measure", lambda model, config, *a, **k: FakeRun(config, attainment=0.5))
+    grade, _ = slo_check
+    res = grade({"max_num_seqs": 64})
+    assert res.score == 0 and res.review and "could not be checked" in res.reason, res

@@ -166,12 +166,15 @@ def test_the_distribution_imports_what_students_run_from_its_own_copy(dist):
 
 
 def test_the_readme_gives_each_labs_points_from_the_solutions(dist):
+    from optcourse.autograde import perf
+
     readme = (dist[0] / "README.md").read_text()
     assert sd.LABS_TABLE_MARK not in readme
     for lab in LABS:
         nb = json.loads((SOLUTIONS_DIR / lab / f"{lab}.ipynb").read_text())
         total = sum(c["metadata"]["nbgrader"].get("points", 0) for c in nb["cells"]
                     if c["metadata"].get("nbgrader", {}).get("grade") or c["metadata"].get("nbgrader", {}).get("task"))
+        total += sum(c.points for c in perf.checks_for(lab))    # the grader's own measurements count too
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{lab}`"))
         assert f"| **{total:g}** |" in row, row
     for topic in ("make lab", "make validate LAB=", "hidden tests", "Submitting", "docker build --target student"):
@@ -180,7 +183,8 @@ def test_the_readme_gives_each_labs_points_from_the_solutions(dist):
 
 def test_lab_grading_counts_points_by_kind():
     grading = sd.lab_grading(LABS[0])
-    assert grading.points == grading.auto_points + grading.manual_points > 0
+    assert grading.points == grading.auto_points + grading.manual_points + grading.grader_points > 0
+    assert sd.lab_grading("lab03_vllm_deployment").grader_points == 3
     assert 0 < grading.hidden_test_cells <= grading.test_cells
 
 

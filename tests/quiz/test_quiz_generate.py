@@ -98,3 +98,17 @@ def test_cli_writes_student_files_and_keys_to_separate_folders(tmp_path, capsys)
     assert not any(question["explanation"] in markdown for question in key["questions"])
     # The same folder for both is refused rather than mixing keys into student material.
     assert main(["generate", "--seed", "3", "--student", "ann", "--out", str(out), "--key-dir", str(out)]) == 2
+
+
+def test_cli_takes_the_class_from_a_roster(tmp_path, capsys):
+    roster = tmp_path / "roster.csv"
+    roster.write_text("login,name\nann,Ann Lee\nben,Ben Ode\n")
+    out, keys = tmp_path / "students", tmp_path / "keys"
+    assert main(["generate", "--seed", "3", "--roster", str(roster), "--student", "ann",
+                 "--out", str(out), "--key-dir", str(keys)]) == 0
+    assert sorted(p.name for p in keys.iterdir()) == ["key_ann.json", "key_ben.json"]   # ann once
+    roster.write_text("name\nAnn Lee\n")
+    assert main(["generate", "--seed", "3", "--roster", str(roster), "--out", str(out), "--key-dir", str(keys)]) == 2
+    assert "login" in capsys.readouterr().err
+    assert main(["generate", "--seed", "3", "--out", str(out), "--key-dir", str(keys)]) == 2
+    assert "--roster" in capsys.readouterr().err

@@ -191,3 +191,47 @@ def test_static_batches_on_the_course_llama_generate_what_was_asked():
     assert (res.useful_tokens, res.generated_tokens, res.batches) == (9, 12, 1)
     with pytest.raises(ValueError):
         loadgen.run_static_batches(model, prompts, 3, batch_size=0)
+
+
+def test_open_loop_sends_each_request_at_its_arrival_time_whatever_the_server_does(fake_server):
+    # each request takes ~70 ms; they are due every 20 ms, so several are in flight at once (a closed loop of
+    # one client would start the second only after the first finished)
+    arrivals = [0.02 * i for i in range(8)]
+    res = loadgen.run_open_loop(fake_server, "fake", ["a", "b"], arrivals, max_tokens=TOKENS)
+    assert res.open_loop and res.concurrency is None and res.arrivals_s == arrivals
+    assert [r.index for r in res.results] == list(range(8)) and all(r.ok for r in res.results)
+    late = [r.start_s - due for r, due in zip(res.results, arrivals)]
+    assert all(-1e-3 <= d < 0.03 for d in late), late
+    assert res.duration_s >= arrivals[-1] + min(r.e2e_s for r in res.results)
+    assert math.isclose(res.offered_rate, 8 / arrivals[-1])
+    closed = loadgen.run_load(fake_server, "fake", ["a"], max_tokens=TOKENS, concurrency=1, num_requests=3)
+    assert not closed.open_loop and math.isnan(closed.offered_rate)
+    assert closed.results[1].start_s >= closed.results[0].e2e_s       # what an open loop never does
+
+
+@pytest.mark.parametrize("arrivals", [[], [0.2, 0.1], [-0.1, 0.0], [0.0, float("nan")]])
+def test_open_loop_refuses_arrivals_that_are_not_a_schedule(fake_server, arrivals):
+    with pytest.raises(ValueError):
+        loadgen.run_open_loop(fake_server, "fake", ["a"], arrivals, max_tokens=2)
+
+
+def test_run_sweep_is_one_poisson_load_per_rate(fake_server):
+    from optcourse.measure.scenarios import poisson_arrivals
+
+    loads = loadgen.run_sweep(fake_server, "fake", ["a"], [20, 40], 0.25, max_tokens=2, seed=3)
+    assert [len(x.results) for x in loads] == [5, 10]
+    for rate, load in zip([20, 40], loads):
+        assert load.open_loop and load.arrivals_s == poisson_arrivals(rate, len(load.results), 3).tolist()
+
+
+def test_goodput_counts_the_requests_within_the_slo():
+    def fake(ttft, gaps, ok=True):
+        return loadgen.RequestResult(index=0, ok=ok, ttft_s=ttft, itl_s=list(gaps), e2e_s=ttft + sum(gaps),
+                                     output_tokens=len(gaps) + 1)
+
+    # at the bounds (binary fractions: exact in floating point) a request is within the SLO; one token has no TPOT
+    within = [fake(0.1, [0.01] * 4), fake(0.25, [0.015625] * 4), fake(0.15, [])]
+    missed = [fake(0.3, [0.01]), fake(0.1, [0.05, 0.01]), fake(0.1, [0.01], ok=False)]
+    assert all(loadgen.meets_slo(r, 250, 15.625) for r in within)
+    assert not any(loadgen.meets_slo(r, 250, 15.625) for r in missed)
+    assert loadgen.goodput(within + missed, 2.0, 250, 15.625) == 1.5

@@ -92,6 +92,26 @@ def test_streaming_load_and_metrics(server):
     assert generated >= 6 * 16
 
 
+def test_one_configuration_measured_under_an_slo_with_its_gauges_sampled(server):
+    """engine.measure on the running server: warm-up, an open-loop Poisson load, /metrics before and after and
+    sampled during it (what lab 03's notebook and its grader both use)."""
+    from optcourse.serving import engine
+
+    slo = engine.SLO(ttft_ms=60_000, tpot_ms=10_000, rate_per_s=8, requests=8, max_tokens=8, kv_budget_bytes=1 << 30)
+    run = engine.measure(LLM_DIR, engine.EngineConfig(max_num_seqs=8), slo, ["import os", "def bar(x):"],
+                         common_args=[], default_kv_bytes=1 << 24, server=server, warmup=2)
+    assert run.load.open_loop and len(run.load.results) == 8 and all(r.ok for r in run.load.results)
+    assert all(r.output_tokens == 8 for r in run.load.results)
+    assert run.attainment == 1.0 and abs(run.goodput - 8 / run.load.duration_s) < 1e-9    # a generous SLO: all met
+    done = lambda page: sum(v for k, v in page.items() if k.startswith("vllm:request_success_total"))  # noqa: E731
+    assert done(run.after) - done(run.before) == 8                      # the warm-up is before `before`
+    running = [sum(v for k, v in g.items() if k.split("{")[0] == "vllm:num_requests_running") for g in run.gauges]
+    assert run.gauges and max(running) >= 1
+    d = run.as_dict()
+    assert d["preemptions"] == 0 and d["completed"] == 8 and d["config"]["max_num_seqs"] == 8
+    assert server.healthy()                                             # a server passed in is left running
+
+
 def group_states(pgid: int) -> set[str]:
     return {line.strip()[0] for line in ps_group(pgid, "stat=").splitlines() if line.strip()}
 

@@ -1,0 +1,98 @@
+"""Lab 03's deployment, in one place for its notebook and its grader: the model, the server's fixed flags, the KV
+cache budget, the prompts and the latency SLO of each hardware profile.
+
+The model: on ``cpu`` the course Llama (trained, 8 M parameters); on ``cuda`` a model of Llama-3.1-8B's shape with
+**random weights** (``scale.serving_folder``, vLLM's ``--load-format dummy``): serving speed depends on the shape, not
+on the weights' values, so the sweep and the SLO are measured at the scale of a real deployment; its text is noise.
+
+The grader re-measures a student's engine configuration with exactly these (``optcourse.autograde.perf``'s
+``EngineSloCheck``), so the notebook and the grade cannot disagree on what the SLO is.
+"""
+from __future__ import annotations
+
+from optcourse.serving.engine import SLO, EngineConfig
+
+import pathlib
+
+MAX_MODEL_LEN = 512
+# vLLM's default KV block size on each backend (tokens per block)
+BLOCK_SIZE = {"cpu": 128, "cuda": 16}
+# the model each profile serves: None is the course Llama, else a shape of optcourse/assets/scale (random weights)
+SCALE_SHAPE = {"cpu": None, "cuda": "llama-3.1-8b"}
+# The KV cache's memory budget: 256 MiB on cpu, 65,536 bf16 tokens of the course Llama (4096 bytes per token);
+# 16 GiB on cuda, 131,072 tokens of the 8B shape (131,072 bytes per token)
+KV_BUDGET_BYTES = 256 << 20
+KV_BUDGETS = {"cpu": KV_BUDGET_BYTES, "cuda": 16 << 30}
+
+# The SLO a deployment must meet: every request's TTFT and TPOT at most these while requests arrive as a
+# Poisson process at the rate, over a load of `requests` requests of `max_tokens` tokens each.
+# cpu: vLLM's CPU build on 2 cores (idle, 2026-12-01, 32-token requests) serves the course Llama at p99 TTFT 39 ms
+# at 16 req/s and 209 ms at 32 req/s with the reference configuration; a single-sequence engine (max_num_seqs 1)
+# queues from 4 req/s on (p50 TTFT 0.7 s), a KV cache of one long request (5 blocks) from 16 req/s on (p99 TTFT
+# 0.7 s over 40 requests, growing with the load's length): at 16 req/s for 80 requests batching and cache size decide.
+# cuda: an interactive chat objective (TTFT 200 ms, 25 ms per token: 40 tokens/s per user) for the 8B shape at
+# 32 req/s of 128 tokens (4096 tok/s offered; vLLM served 25k tok/s at batch 256 on one H200, 2026-11-30).
+SLOS = {
+    "cpu": SLO(ttft_ms=500.0, tpot_ms=50.0, rate_per_s=16.0, requests=80, max_tokens=32, kv_budget_bytes=KV_BUDGET_BYTES),
+    "cuda": SLO(ttft_ms=200.0, tpot_ms=25.0, rate_per_s=32.0, requests=160, max_tokens=128,
+                kv_budget_bytes=KV_BUDGETS["cuda"]),
+}
+
+# The reference deployment the grader compares a student's choice with: vLLM's scheduling defaults (32 sequences
+# per step, chunked prefill and prefix caching on) with the whole budget as KV cache.
+REFERENCE = EngineConfig(max_num_seqs=32)
+
+
+def model(profile: str, model_path=None, workdir=".") -> tuple[pathlib.Path, bool]:
+    """The folder to serve and whether its weights are random (``--load-format dummy``): ``model_path`` when given,
+    else the profile's model (the 8B shape's folder is written under ``workdir``)."""
+    from optcourse.models import scale
+    from optcourse.models.llm import llm_dir
+
+    if model_path is not None or SCALE_SHAPE[profile] is None:
+        return llm_dir(model_path), False
+    shape = SCALE_SHAPE[profile]
+    return scale.serving_folder(shape, pathlib.Path(workdir) / f"{shape}-random"), True
+
+
+# On a GPU vLLM refuses to start when less than gpu_memory_utilization x the GPU's memory is free; the lab keeps
+# a reference server running while it starts another (the KV cache is sized in bytes, so the share only has to
+# cover weights, activations and the cache: 8B bf16 is 16 GB, the budget 16 GiB)
+GPU_MEMORY_SHARE = 0.3
+
+
+def common_args(smoke: bool = True, random_weights: bool = False, profile: str = "cpu") -> list[str]:
+    """The flags every lab-03 server gets: the context length, bf16 weights, random weights for a scale shape, on a
+    GPU its share of the memory and, in smoke mode, ``--enforce-eager`` (no torch.compile: a start in seconds rather
+    than minutes)."""
+    return (["--max-model-len", str(MAX_MODEL_LEN), "--dtype", "bfloat16"]
+            + (["--load-format", "dummy"] if random_weights else [])
+            + (["--gpu-memory-utilization", str(GPU_MEMORY_SHARE)] if profile == "cuda" else [])
+            + (["--enforce-eager"] if smoke else []))
+
+
+def prompts(count: int = 64) -> list[str]:
+    """``count`` prompts of 300 characters from the course Llama's held-out text (~100 tokens each)."""
+    from optcourse.models.llm import heldout_text
+
+    text = heldout_text()
+    return [text[i * 400:(i * 400) + 300] for i in range(count)]
+
+
+def kv_bytes_per_token(config, cache_dtype: str = "auto") -> int:
+    """The library's reference KV arithmetic for a transformers config (``auto``: bf16)."""
+    from optcourse.techniques import kvcache
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return kvcache.kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, head_dim,
+                                      kvcache.dtype_bytes("bfloat16" if cache_dtype == "auto" else cache_dtype))
+
+
+def check(config: EngineConfig, model_config, profile: str) -> None:
+    """Refuse (``ConfigError``) a configuration vLLM or the lab's budget would refuse, before a server starts."""
+    from optcourse.techniques import kvcache
+
+    block = BLOCK_SIZE[profile]
+    # vLLM keeps one block back (its null block): a cache must have one more than a max-length request needs
+    min_kv = (kvcache.blocks_needed(MAX_MODEL_LEN, block) + 1) * block * kv_bytes_per_token(model_config, config.kv_cache_dtype)
+    config.check(MAX_MODEL_LEN, min_kv, KV_BUDGETS[profile])

@@ -1,0 +1,89 @@
+"""Engine configurations a student chooses (validated before they reach vLLM's command line) and lab 03's
+deployment rules."""
+
+import json
+
+import pytest
+from transformers import AutoConfig
+
+from optcourse.models.llm import LLM_DIR
+from optcourse.serving import deployment, engine
+from optcourse.serving.engine import ConfigError, EngineConfig
+
+
+@pytest.mark.parametrize("values, message", [
+    ([1, 2], "a dict of knobs"),
+    ({"max_num_seqs": 8, "tensor_parallel_size": 2}, "unknown engine knob"),
+    ({"max_num_seqs": True}, "max_num_seqs must be an int"),
+    ({"max_num_seqs": 0}, "from 1 to"),
+    ({"max_num_seqs": None}, "not None"),
+    ({"max_num_seqs": "8; rm -rf /"}, "max_num_seqs must be an int"),
+    ({"max_num_batched_tokens": 2.5}, "max_num_batched_tokens must be an int"),
+    ({"kv_cache_memory_bytes": 10}, "kv_cache_memory_bytes must be an int from"),
+    ({"enable_prefix_caching": "yes"}, "True or False"),
+    ({"kv_cache_dtype": "fp8 --trust-remote-code"}, "kv_cache_dtype must be one of"),
+])
+def test_a_configuration_is_refused_with_the_knob_and_the_reason(values, message):
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig.from_dict(values)
+
+
+def test_flags_are_the_knobs():
+    cfg = EngineConfig.from_dict({"max_num_seqs": 8, "max_num_batched_tokens": 256, "enable_chunked_prefill": False,
+                                  "enable_prefix_caching": False, "kv_cache_dtype": "fp8"})
+    args = cfg.args(default_kv_bytes=1 << 24)
+    assert args[args.index("--max-num-seqs") + 1] == "8"
+    assert args[args.index("--max-num-batched-tokens") + 1] == "256"
+    assert args[args.index("--kv-cache-memory-bytes") + 1] == str(1 << 24)     # the default when not chosen
+    assert args[args.index("--kv-cache-dtype") + 1] == "fp8"
+    assert "--no-enable-chunked-prefill" in args and "--no-enable-prefix-caching" in args
+    assert "--max-num-batched-tokens" not in EngineConfig().args(1 << 24)
+    assert EngineConfig(kv_cache_memory_bytes=1 << 22).args(1 << 24).count(str(1 << 22)) == 1
+
+
+def test_save_and_load_round_trip_and_load_refuses_what_is_not_a_configuration(tmp_path):
+    cfg = engine.save({"max_num_seqs": 12, "kv_cache_memory_bytes": 1 << 23}, tmp_path / "c" / "engine.json")
+    assert engine.load((tmp_path / "c" / "engine.json").read_bytes()) == cfg
+    assert cfg.key() == EngineConfig(max_num_seqs=12, kv_cache_memory_bytes=1 << 23).key() != EngineConfig().key()
+    with pytest.raises(ConfigError, match="not JSON"):
+        engine.load(b"\xff\xfe{")
+    with pytest.raises(ConfigError, match="over"):
+        engine.load(json.dumps({"max_num_seqs": 1, "x": "y" * 5000}).encode())
+    with pytest.raises(ConfigError, match="unknown"):
+        engine.load(b'{"max_num_seqs": 4, "model": "/etc/passwd"}')
+
+
+def test_the_deployment_rules():
+    model = AutoConfig.from_pretrained(LLM_DIR)
+    assert deployment.kv_bytes_per_token(model) == 4096 and deployment.kv_bytes_per_token(model, "fp8") == 2048
+    deployment.check(deployment.REFERENCE, model, "cpu")
+    # vLLM keeps one block back: 4 blocks of 128 do not hold a 512-token request, 5 do (fp8: half the bytes)
+    deployment.check(EngineConfig(kv_cache_memory_bytes=5 * 128 * 4096), model, "cpu")
+    deployment.check(EngineConfig(kv_cache_memory_bytes=5 * 128 * 2048, kv_cache_dtype="fp8"), model, "cpu")
+    with pytest.raises(ConfigError, match="cannot hold one request"):
+        deployment.check(EngineConfig(kv_cache_memory_bytes=4 * 128 * 4096), model, "cpu")
+    with pytest.raises(ConfigError, match="over the budget"):
+        deployment.check(EngineConfig(kv_cache_memory_bytes=deployment.KV_BUDGET_BYTES + 1), model, "cpu")
+    with pytest.raises(ConfigError, match="without chunked prefill"):
+        deployment.check(EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=256), model, "cpu")
+    deployment.check(EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=512), model, "cpu")
+    for profile, slo in deployment.SLOS.items():
+        assert slo.kv_budget_bytes == deployment.KV_BUDGETS[profile] and slo.requests >= 2 * slo.rate_per_s
+
+
+def test_cuda_serves_the_8b_shape_with_random_weights_and_cpu_the_course_llama(tmp_path):
+    folder, random_weights = deployment.model("cuda", None, tmp_path)
+    config = AutoConfig.from_pretrained(folder)
+    assert random_weights and (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size) == (32, 8, 4096)
+    assert deployment.kv_bytes_per_token(config) == 131072          # 2 x 32 layers x 8 KV heads x 128 x 2 bytes
+    assert (folder / "tokenizer.json").is_file()
+    assert "--load-format" in deployment.common_args(True, random_weights)
+    assert deployment.model("cpu", None, tmp_path) == (LLM_DIR, False)
+    assert "--load-format" not in deployment.common_args(True, False)
+    assert "--gpu-memory-utilization" in deployment.common_args(False, True, "cuda")
+    assert "--gpu-memory-utilization" not in deployment.common_args(False, False, "cpu")  # on CPU it sizes RAM
+    # the budget holds the reference's 32 sequences of the full context with room to spare, on each profile
+    for profile in ("cpu", "cuda"):
+        model = AutoConfig.from_pretrained(deployment.model(profile, None, tmp_path)[0])
+        deployment.check(deployment.REFERENCE, model, profile)
+        assert deployment.KV_BUDGETS[profile] >= 32 * deployment.MAX_MODEL_LEN * deployment.kv_bytes_per_token(model)
