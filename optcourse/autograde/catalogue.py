@@ -13,7 +13,7 @@ textual edits of the solution notebook and the graded cells it must lose::
 
 ``run(lab)`` grades, in ONE batch of ``python -m optcourse.autograde`` (sandbox, the lab's own limits):
 the solution (full marks, no flag), the released notebook (0), the mistakes, several per notebook where
-their edited cells and ``loses`` sets are disjoint (each notebook must lose exactly the union of its
+their ``loses`` sets are disjoint and their edits apply together (each notebook must lose exactly the union of its
 mistakes' cells and keep every other point), and the released notebook with each attack of ``attacks.py``
 (0 on every cell, no hidden-test line in its feedback). ``check`` returns every broken promise in words.
 
@@ -32,6 +32,9 @@ from optcourse.core.paths import AUTOGRADER_DIR
 
 LABS_NOTES_DIR = AUTOGRADER_DIR / "labs"
 KINDS = ("solution", "blank", "mistakes", "attacks")
+# the graded solution records its metrics here (a cell after its parameters sets metrics_path); the contract test
+# checks them against the thresholds, so the solution executes once per test run (no separate papermill run)
+SOLUTION_METRICS = "outputs/solution-metrics.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +125,51 @@ def as_submitted(nb):
     return nb
 
 
-def combine(mistakes: list[Mistake]) -> list[list[Mistake]]:
-    """Group mistakes into as few notebooks as possible: within one, no two share an edited cell or a lost cell."""
+def recording_metrics(nb):
+    """``nb`` with a cell right after its parameters cell that sends its ``MetricsRecorder`` to ``SOLUTION_METRICS``
+    (the grader puts the instructor's parameters, where ``metrics_path`` is None, right after the parameters cell:
+    this cell comes after those)."""
+    import copy
+
+    from nbformat.v4 import new_code_cell
+
+    nb = copy.deepcopy(nb)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at + 1, new_code_cell(f"metrics_path = {SOLUTION_METRICS!r}  # the contract test reads them"))
+    return nb
+
+
+def solution_metrics(out: pathlib.Path) -> dict:
+    """The metrics the solution recorded while ``run(lab, out)`` graded it ({} if it wrote none)."""
+    from optcourse.autograde.pipeline import artifact_path
+    from optcourse.measure.metrics import read_metrics
+
+    return read_metrics(artifact_path(pathlib.Path(out) / "graded", "solution", SOLUTION_METRICS))
+
+
+def combine(mistakes: list[Mistake], solution) -> list[list[Mistake]]:
+    """Group mistakes into as few notebooks as possible (first fit): within one, no two lose the same cell, and
+    all their edits apply together to ``solution`` (each still matches exactly once, so no edit overlaps or
+    rewrites another's text; two mistakes may edit different lines of one cell). Every graded notebook then
+    shows whether each mistake loses exactly its cells: an interaction between two mistakes of one notebook
+    would show as a cell lost that neither names, or a named cell kept."""
     groups: list[list[Mistake]] = []
     for m in mistakes:
         for g in groups:
-            if all(not (m.cells & o.cells) and not (m.loses & o.loses) for o in g):
+            if all(not (m.loses & o.loses) for o in g) and _applies(solution, g + [m]):
                 g.append(m)
                 break
         else:
             groups.append([m])
     return groups
+
+
+def _applies(solution, mistakes: list[Mistake]) -> bool:
+    try:
+        apply(solution, mistakes)
+    except ValueError:
+        return False
+    return True
 
 
 def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[Mistake] | str]:
@@ -145,13 +182,13 @@ def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[M
     solution = nbformat.read(SOLUTIONS_DIR / lab / f"{lab}.ipynb", as_version=4)
     plan: dict[str, list[Mistake] | str] = {}
     if "solution" in kinds:
-        nbformat.write(as_submitted(solution), folder / "solution.ipynb")
+        nbformat.write(recording_metrics(as_submitted(solution)), folder / "solution.ipynb")
         plan["solution"] = "solution"
     if "blank" in kinds:
         shutil.copy(LABS_DIR / lab / f"{lab}.ipynb", folder / "blank.ipynb")
         plan["blank"] = "blank"
     if "mistakes" in kinds:
-        for i, group in enumerate(combine(load(lab)), 1):
+        for i, group in enumerate(combine(load(lab), solution), 1):
             nbformat.write(as_submitted(apply(solution, group)), folder / f"mistakes-{i}.ipynb")
             plan[f"mistakes-{i}"] = group
     if "attacks" in kinds:
@@ -228,7 +265,8 @@ def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bo
     if out.exists():
         shutil.rmtree(out)
     plan = write_batch(lab, out / "submissions", kinds)
-    report = grade_batch(lab, out / "submissions", out / "graded", workers=workers, progress=progress)
+    report = grade_batch(lab, out / "submissions", out / "graded", workers=workers, progress=progress,
+                         artifacts=(SOLUTION_METRICS,) if "solution" in kinds else ())
     attacked = [student for student in plan if student.startswith("attack-")]
     return report, plan, check(report, plan) + leaked_lines(lab, out / "graded", attacked)
 

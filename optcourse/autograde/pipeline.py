@@ -544,13 +544,18 @@ class BatchReport:
         return {r.student: r for r in self.results}
 
 
+def artifact_path(out: pathlib.Path, student: str, artifact: str) -> pathlib.Path:
+    """Where ``grade_batch`` puts a student's copy of ``artifact`` (a path relative to the lab folder)."""
+    return pathlib.Path(out) / "artifacts" / student / os.path.normpath(artifact).replace(os.sep, "__")
+
+
 def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.PathLike, *,
                 source_dir: str | os.PathLike | None = None, db_url: str | None = None, workers: int = 2,
                 limits: Limits | None = None, profile: str | None = None, progress: bool = True,
                 keep_autograded: bool = False, perf_checks: list | None = None, backend: str = "local",
                 ray_address: str | None = None, gpus_per_task: float = 0,
                 limit_overrides: dict | None = None, roster: str | os.PathLike | None = None,
-                autograded_dir: str | os.PathLike | None = None) -> BatchReport:
+                autograded_dir: str | os.PathLike | None = None, artifacts: tuple[str, ...] = ()) -> BatchReport:
     """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``.
 
     ``backend``: ``local`` (a process pool of ``workers`` sandboxes on this machine) or ``ray`` (one Ray task
@@ -561,7 +566,9 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     maps the ids of an LMS download to logins (``roster.py``); its students without a submission are ``missing``.
     ``autograded_dir``: also write each executed notebook as ``<dir>/<student>/<lab>/<notebook>``, nbgrader's
     autograded layout, where the formgrader opens a submission for manual grading (``make autograde`` gives the
-    course's ``autograder/autograded`` with the course's gradebook)."""
+    course's ``autograder/autograded`` with the course's gradebook). ``artifacts``: files (relative to the lab folder)
+    to bring back from each graded run into ``out/artifacts/<student>/`` besides those the performance checks read
+    (the contract test reads the solution's recorded metrics this way)."""
     from tqdm.auto import tqdm
 
     from optcourse.course.release import SOLUTIONS_DIR
@@ -577,7 +584,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     class_roster = roster_mod.Roster.load(roster) if roster is not None else None   # a bad roster answers at once
     missing: list[str] = []
     checks = perf_mod.checks_for(lab) if perf_checks is None else perf_checks
-    artifacts = sorted({c.artifact for c in checks})
+    artifacts = sorted({c.artifact for c in checks} | set(artifacts))
     with tempfile.TemporaryDirectory(prefix=f"autograde-{lab}-") as tmp:
         work = pathlib.Path(tmp)
         os.chmod(work, 0o700)
@@ -638,7 +645,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
             ctx = perf_mod.PerfContext(lab=lab, profile=profile, workdir=work / "perf")
             for res in tqdm(ordered, desc="performance checks", disable=not progress, unit="nb"):
                 for check in checks:
-                    art = out / "artifacts" / res.student / os.path.normpath(check.artifact).replace(os.sep, "__")
+                    art = artifact_path(out, res.student, check.artifact)
                     res.perf.append(perf_mod.run_check(check, art if res.status == "graded" else None, ctx))
                     res.needs_review |= res.perf[-1].review  # out of time or memory, not a regular file, ...
         for res in ordered:  # no escape sequence or control character in anything shown from here on

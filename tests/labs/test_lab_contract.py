@@ -9,9 +9,13 @@ sandbox, the lab's own limits), the way an instructor grades a class:
 * the released notebook with each kernel-side attack of ``optcourse/autograde/attacks.py`` (transformers,
   patched comparisons, hooks, threads, test leaks) scores 0 and shows no hidden-test line in its feedback.
   Not on lab 03: each of its notebooks starts a vLLM server (minutes on CI's cores), and its tests run
-  through the same trusted runner as the other labs'.
+  through the same trusted runner as the other labs';
+* the solution's graded run meets the thresholds of this machine's profile (``autograder/thresholds``): each
+  solution executes once per test run, in the grader, and that run is both graded and measured (lectures
+  execute through papermill in tests/course/test_notebooks.py; ``make run`` executes the labs that way too).
 
-One batch per lab (``optcourse.autograde.catalogue.run``); the grading time of each notebook is printed.
+One batch per lab (``optcourse.autograde.catalogue.run``), shared by the tests of that lab; the grading time of
+each notebook is printed.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import pytest
 from optcourse.autograde import catalogue
 from optcourse.autograde.sandbox import sandbox_available
 from optcourse.course.release import lab_names
+from optcourse.measure.thresholds import check_thresholds, load_thresholds
 
 SANDBOX, WHY = sandbox_available()
 
@@ -33,16 +38,47 @@ def _marks(lab: str) -> list:
     return marks
 
 
-@pytest.mark.parametrize("lab", [pytest.param(lab, marks=_marks(lab)) for lab in lab_names()])
-def test_lab_grading_contract(lab, tmp_path):
-    if not SANDBOX:
-        if os.environ.get("CI"):
-            pytest.fail(f"the class autograder's sandbox is unavailable in CI: {WHY}")
-        pytest.skip(f"sandbox unavailable: {WHY}")
-    kinds = tuple(k for k in catalogue.KINDS if k != "attacks" or "vllm" not in lab)
-    report, plan, problems = catalogue.run(lab, tmp_path / lab, kinds)
-    print(f"{lab}: graded {len(report.results)} notebooks in {report.wall_s:.0f} s: " +
-          ", ".join(f"{r.student} {r.wall_s:.0f} s" for r in report.results))
+LABS = [pytest.param(lab, marks=_marks(lab)) for lab in lab_names()]
+
+
+@pytest.fixture(scope="module")
+def contract(tmp_path_factory):
+    """``contract(lab)`` -> (report, plan, problems, out folder) of the lab's one catalogue batch."""
+    runs = {}
+
+    def run(lab: str):
+        if not SANDBOX:
+            if os.environ.get("CI"):
+                pytest.fail(f"the class autograder's sandbox is unavailable in CI: {WHY}")
+            pytest.skip(f"sandbox unavailable: {WHY}")
+        if lab not in runs:
+            out = tmp_path_factory.mktemp(lab)
+            kinds = tuple(k for k in catalogue.KINDS if k != "attacks" or "vllm" not in lab)
+            report, plan, problems = catalogue.run(lab, out, kinds)
+            print(f"{lab}: graded {len(report.results)} notebooks in {report.wall_s:.0f} s: " +
+                  ", ".join(f"{r.student} {r.wall_s:.0f} s" for r in report.results))
+            runs[lab] = (report, plan, problems, out, kinds)
+        return runs[lab]
+
+    return run
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_lab_grading_contract(lab, contract):
+    report, plan, problems, _, kinds = contract(lab)
     assert sum(isinstance(p, list) for p in plan.values()) >= 1, f"{lab}: no mistakes graded"
     assert "attacks" not in kinds or sum(s.startswith("attack-") for s in plan) == len(catalogue.attacks.ATTACKS)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_graded_solution_meets_the_thresholds(lab, contract):
+    from optcourse.core.hardware import resolve_profile
+
+    _, _, _, out, _ = contract(lab)
+    measured = catalogue.solution_metrics(out)
+    assert measured, f"{lab}: the graded solution recorded no metrics at {catalogue.SOLUTION_METRICS}"
+    rows = check_thresholds(lab, measured, load_thresholds(resolve_profile("auto")))
+    failed = [r for r in rows if not r["passed"]]
+    # every metric of the run goes into the message: CI's log is often all there is to explain a miss
+    assert not failed, f"thresholds not met: {failed}; all metrics of this run: {measured}"
