@@ -117,7 +117,8 @@ class QuantizedTensor:
 
     @property
     def bits_per_parameter(self) -> float:
-        return math.log2(len(self.codebook)) + self.scale_bits / self.block_size
+        # codes are stored in whole bits: a 15-level codebook (INT4 absmax) still takes 4 bits per weight
+        return math.ceil(math.log2(len(self.codebook))) + self.scale_bits / self.block_size
 
 
 def quantize_nf4(w: torch.Tensor, block_size: int = 64, codebook: torch.Tensor | None = None,

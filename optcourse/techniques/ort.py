@@ -23,6 +23,23 @@ def ort_optimize(src: str | os.PathLike, dst: str | os.PathLike, level: str = "a
     return dst
 
 
+def transformer_optimize(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_size: int,
+                         model_type: str = "bert") -> tuple[pathlib.Path, dict[str, int]]:
+    """ONNX Runtime's offline transformer optimizer (``onnxruntime.transformers.optimizer``): fuse attention,
+    embedding + LayerNorm, Skip-LayerNorm and GELU into contrib ops; save to ``dst``. Returns ``(dst, the fused
+    operators that were created, op -> count)``. Attention fuses only when the exported subgraph matches its
+    patterns (an eager-attention export does; PyTorch's SDPA export, with its Where/IsNaN masking, does not)."""
+    from onnxruntime.transformers import optimizer
+
+    dst = pathlib.Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # opt_level=0: only the offline fusions, so that ORT's own levels still apply when a session loads the result
+    model = optimizer.optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
+                                     opt_level=0)
+    model.save_model_to_file(str(dst))
+    return dst, {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+
+
 def op_counts(model_path: str | os.PathLike) -> collections.Counter:
     """Operator histogram of an ONNX file's main graph (``domain:op`` for non-default domains)."""
     import onnx

@@ -46,6 +46,8 @@ def test_nf4_beats_int4_on_normal_weights_and_double_quant_saves_bits():
     dq = compression.quantize_nf4(w, 64, double_quant=True)
     assert q.bits_per_parameter == pytest.approx(4.5)
     assert dq.bits_per_parameter == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
+    int4 = compression.quantize_nf4(w, 64, codebook=compression.int4_codebook())
+    assert int4.bits_per_parameter == pytest.approx(4.5)  # 15 levels still take 4 bits each, not log2(15)
     assert (compression.dequantize_nf4(dq) - w).pow(2).mean().item() < 1.05 * err["nf4"]
 
 
