@@ -219,6 +219,28 @@ def layer_cost(layer, input_shape: tuple, bytes_per_element: int = 4) -> dict:
     raise TypeError(f"layer_cost handles Conv2d and Linear, not {type(layer).__name__}")
 
 
+def model_layer_costs(model, example_input) -> list[dict]:
+    """``layer_cost`` of every ``Conv2d`` and ``Linear`` of ``model`` at the input shape it sees when ``model`` runs on
+    ``example_input`` (found with forward hooks, in call order); each row adds ``name``, ``layer`` and ``input_shape``."""
+    import torch
+    from torch import nn
+
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(
+                lambda mod, inp, outp, name=name: rows.append(
+                    {"name": name, "layer": mod, "input_shape": tuple(inp[0].shape),
+                     **layer_cost(mod, tuple(inp[0].shape))})))
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
 def roofline(flops: float, bytes_moved: float, peak_gflops: float, peak_gbps: float,
              measured_ms: float | None = None) -> dict:
     """The roofline bound: time >= max(flops / peak compute, bytes / peak bandwidth).

@@ -99,3 +99,11 @@ def test_plot_roofline_draws():
     r = profiling.roofline(1e8, 1e7, 50, 10, measured_ms=20)
     ax = profiling.plot_roofline([{**r, "label": "conv"}], 50, 10)
     assert ax.get_xscale() == "log" and len(ax.lines) == 2
+
+
+def test_model_layer_costs_sums_the_layers_a_forward_runs():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    rows = profiling.model_layer_costs(model, torch.zeros(2, 3, 6, 6))
+    assert [r["name"] for r in rows] == ["0", "3"] and rows[0]["input_shape"] == (2, 3, 6, 6)
+    assert rows[0]["flops"] == profiling.layer_cost(model[0], (2, 3, 6, 6))["flops"]
+    assert rows[1]["flops"] == profiling.layer_cost(model[3], (2, 288))["flops"]
