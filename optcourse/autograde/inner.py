@@ -145,6 +145,8 @@ def _sandbox_execute():
             if self._stopped:
                 cell.outputs = [_grader_error(cell, "NotRun", self._stopped)]
                 return cell, resources
+            uid = int(os.environ["OPTCOURSE_SANDBOX_UID"])
+            running_before = _processes(uid)
             restored = ""
             if cell.get("metadata", {}).get("nbgrader", {}).get("grade") and self.kc is not None:
                 ok, restored = self._guard_kernel()
@@ -173,11 +175,11 @@ def _sandbox_execute():
             if not names:
                 return cell, resources
             # a failed or stopped cell: what it left running is garbage, and copies of the kernel made by
-            # os.fork share its sockets (they answer later cells from their own state)
-            uid = int(os.environ["OPTCOURSE_SANDBOX_UID"])
+            # os.fork share its sockets (they answer later cells from their own state); what ran before it
+            # stays (a server started by an earlier cell), unless the kernel itself is stopped
             stuck = "CellTimeoutError" in names and "KeyboardInterrupt" not in names  # a test: set just above
             kernel = getattr(getattr(self.km.provisioner, "process", None), "pid", None)
-            strays = _kill_strays(uid, spare=None if stuck else kernel)
+            strays = _kill_strays(uid, spare=None if stuck else kernel, keep=set() if stuck else running_before)
             if stuck:
                 why = (f"the cell ran longer than the {self.timeout} s limit and did not stop when interrupted "
                        "(it catches KeyboardInterrupt?)")
@@ -256,22 +258,30 @@ def _student_workdir(lab_dir: str) -> str:
 FORK_FLOOD = 32  # processes left by one cell beyond which the kernel is not trusted (a pool has a few)
 
 
-def _kill_strays(uid: int, spare: int | None) -> int:
-    """Stop then kill every process of the kernel's uid but ``spare`` (the kernel, when it is still useful);
+def _processes(uid: int) -> set[tuple[int, str]]:
+    """The processes of ``uid`` as (pid, start time): a pid reused by a new process is a different entry."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                with open(f"/proc/{entry}/stat") as f:
+                    found.add((int(entry), f.read().rsplit(")", 1)[1].split()[19]))  # field 22: start time
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def _kill_strays(uid: int, spare: int | None, keep: set[tuple[int, str]] = frozenset()) -> int:
+    """Stop then kill every process of the kernel's uid but ``spare`` (the kernel, when it is still useful) and
+    ``keep`` (what ran before the failed cell: a server an earlier cell started is not this cell's garbage);
     returns how many. Stopping first, until no new one appears, means a fork bomb cannot outrun the kill."""
     import signal
 
     seen: set[int] = set()
     for _ in range(50):
-        found = set()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == spare:
-                continue
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    found.add(int(entry))
-            except OSError:
-                pass
+        found = {pid for pid, start in _processes(uid) - keep if pid != spare}
         if not found - seen:
             break
         for pid in found - seen:

@@ -466,6 +466,26 @@ def dtype_roundtrip_error(x: torch.Tensor, dtype: torch.dtype) -> dict[str, floa
             "overflow": int((~finite).sum())}
 
 
+def round_through(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A float32 copy of ``model`` whose weights, input and every leaf module's output are rounded to ``dtype``:
+    the numbers a ``dtype`` network computes with, the arithmetic done in float32 (as tensor cores accumulate).
+    For a CPU without ``dtype`` kernels (FP16 convolutions run ~27x slower than FP32 on the course's CPU)."""
+    import copy
+
+    def rnd(t):
+        return t.to(dtype).to(t.dtype) if torch.is_tensor(t) and t.is_floating_point() else t
+
+    model = copy.deepcopy(model).float()
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.copy_(rnd(t))
+    for module in model.modules():
+        if not any(module.children()):
+            module.register_forward_hook(lambda _m, _inp, out: rnd(out))
+    model.register_forward_pre_hook(lambda _m, inp: tuple(rnd(t) for t in inp))
+    return model
+
+
 # ---------------------------------------------------------------------------------------- FP8 GEMM (W8A8 in FP8)
 def to_fp8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor scaled FP8 E4M3: ``(t / scale)`` cast to ``float8_e4m3fn`` with ``scale = amax / 448`` (the format's

@@ -449,3 +449,30 @@ def test_the_instructors_source_handed_in_is_flagged_and_a_students_copy_is_not(
     problem, answers = pipeline.precheck(kept, lab)
     assert problem is None and [a.rstrip() for a in answers] == ["x = 1\nx = 2"] and not kept.review and not kept.notes
     assert [c.source for c in nbformat.read(student, as_version=4).cells][1] == "assert x == 2"
+
+
+def test_a_failed_cell_loses_what_it_started_and_keeps_what_ran_before(monkeypatch):
+    """What a failed cell left running is killed (stopped first: a fork bomb cannot outrun it); the kernel and
+    processes that ran before the cell (a server an earlier cell started) are kept; a pid reused by a new
+    process during the cell is a new process."""
+    from optcourse.autograde import inner
+
+    now = {(10, "100"), (11, "101"), (12, "500"), (13, "501")}   # kernel 10, server 11 from before; 12 new; 13 reused
+    before = {(10, "100"), (11, "101"), (13, "102")}
+    signals = []
+    monkeypatch.setattr(inner, "_processes", lambda uid: set(now))
+    monkeypatch.setattr(inner.os, "kill", lambda pid, sig: signals.append((pid, sig)))
+    assert inner._kill_strays(7, spare=10, keep=before) == 2
+    assert {pid for pid, _ in signals} == {12, 13}
+    signals.clear()
+    assert inner._kill_strays(7, spare=None) == 4   # the kernel stopped too: everything goes
+    assert {pid for pid, _ in signals} == {10, 11, 12, 13}
+
+
+def test_processes_lists_a_uid_with_start_times():
+    import os
+
+    from optcourse.autograde import inner
+
+    mine = inner._processes(os.getuid())
+    assert any(pid == os.getpid() for pid, _ in mine) and all(start.isdigit() for _, start in mine)

@@ -122,6 +122,24 @@ def test_dtype_roundtrip():
     assert bf16["max_rel_error"] > fp16["max_rel_error"] * 0 and bf16["max_rel_error"] < 2 ** -8
 
 
+def test_round_through_rounds_weights_input_and_every_layer_output_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(32, 8)
+    emulated = Q.round_through(model, torch.float16)
+    with torch.no_grad():
+        # by hand: every number the network sees is an FP16 number
+        manual = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        manual.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+        h = manual[0](x.half().float()).half().float()
+        want = manual[2](h.relu().half().float()).half().float()
+        got = emulated(x)
+        assert torch.equal(got, want)
+        assert not torch.equal(got, model(x))                  # it does round
+        assert model[0].weight.dtype == torch.float32 and not model._forward_hooks  # the original is untouched
+        assert torch.equal(Q.round_through(model, torch.bfloat16)[0].weight, model[0].weight.bfloat16().float())
+
+
 def test_sqnr_and_relative_error_agree_and_per_channel_beats_per_tensor():
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(16, 64, generator=gen) * torch.logspace(-2, 0, 16)[:, None]
