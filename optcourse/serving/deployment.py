@@ -21,8 +21,7 @@ BLOCK_SIZE = {"cpu": 128, "cuda": 16}
 SCALE_SHAPE = {"cpu": None, "cuda": "llama-3.1-8b"}
 # The KV cache's memory budget: 256 MiB on cpu, 65,536 bf16 tokens of the course Llama (4096 bytes per token);
 # 16 GiB on cuda, 131,072 tokens of the 8B shape (131,072 bytes per token)
-KV_BUDGET_BYTES = 256 << 20
-KV_BUDGETS = {"cpu": KV_BUDGET_BYTES, "cuda": 16 << 30}
+KV_BUDGETS = {"cpu": 256 << 20, "cuda": 16 << 30}
 
 # The SLO a deployment must meet: every request's TTFT and TPOT at most these while requests arrive as a
 # Poisson process at the rate, over a load of `requests` requests of `max_tokens` tokens each.
@@ -33,7 +32,8 @@ KV_BUDGETS = {"cpu": KV_BUDGET_BYTES, "cuda": 16 << 30}
 # cuda: an interactive chat objective (TTFT 200 ms, 25 ms per token: 40 tokens/s per user) for the 8B shape at
 # 32 req/s of 128 tokens (4096 tok/s offered; vLLM served 25k tok/s at batch 256 on one H200, 2026-11-30).
 SLOS = {
-    "cpu": SLO(ttft_ms=500.0, tpot_ms=50.0, rate_per_s=16.0, requests=80, max_tokens=32, kv_budget_bytes=KV_BUDGET_BYTES),
+    "cpu": SLO(ttft_ms=500.0, tpot_ms=50.0, rate_per_s=16.0, requests=80, max_tokens=32,
+               kv_budget_bytes=KV_BUDGETS["cpu"]),
     "cuda": SLO(ttft_ms=200.0, tpot_ms=25.0, rate_per_s=32.0, requests=160, max_tokens=128,
                 kv_budget_bytes=KV_BUDGETS["cuda"]),
 }

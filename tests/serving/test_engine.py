@@ -63,7 +63,7 @@ def test_the_deployment_rules():
     with pytest.raises(ConfigError, match="cannot hold one request"):
         deployment.check(EngineConfig(kv_cache_memory_bytes=4 * 128 * 4096), model, "cpu")
     with pytest.raises(ConfigError, match="over the budget"):
-        deployment.check(EngineConfig(kv_cache_memory_bytes=deployment.KV_BUDGET_BYTES + 1), model, "cpu")
+        deployment.check(EngineConfig(kv_cache_memory_bytes=deployment.KV_BUDGETS["cpu"] + 1), model, "cpu")
     with pytest.raises(ConfigError, match="without chunked prefill"):
         deployment.check(EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=256), model, "cpu")
     deployment.check(EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=512), model, "cpu")
