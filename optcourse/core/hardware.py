@@ -56,6 +56,27 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def last_level_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The largest data cache of CPU 0 (its last level, e.g. L3), from sysfs; None where sysfs does not say.
+    A measurement that must stream from memory sizes its data from this (a GPU server's CPU caches more than a
+    laptop's)."""
+    import glob
+
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for index in glob.glob(f"{cache_dir}/index*"):
+        try:
+            with open(f"{index}/type") as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(f"{index}/size") as f:
+                text = f.read().strip()
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except (OSError, ValueError):
+            continue
+    return max(sizes) if sizes else None
+
+
 def ort_providers() -> list[str]:
     try:
         import onnxruntime

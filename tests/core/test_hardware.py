@@ -38,3 +38,15 @@ def test_capabilities_report_real_backends():
 def test_describe_path_says_which_path():
     assert "not installed" in hardware.describe_path("TensorRT", False, "engine", "ONNX Runtime CPU")
     assert hardware.describe_path("TensorRT", True, "engine", "ORT") == "TensorRT: engine"
+
+
+def test_last_level_cache_is_the_largest_data_cache(tmp_path):
+    from optcourse.core.hardware import last_level_cache_bytes
+
+    caches = (("Data", "48K"), ("Instruction", "512M"), ("Unified", "2048K"), ("Unified", "105M"))
+    for i, (kind, size) in enumerate(caches):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "type").write_text(kind + "\n")
+        (tmp_path / f"index{i}" / "size").write_text(size + "\n")
+    assert last_level_cache_bytes(str(tmp_path)) == 105 << 20      # the instruction cache is not data
+    assert last_level_cache_bytes(str(tmp_path / "nowhere")) is None

@@ -51,10 +51,14 @@ def value(metrics: dict, key: str) -> float:
 @pytest.mark.timeout(900)
 def test_lecture01_executes_and_measures(executed_notebook):
     metrics, text, out_dir = _execute("01_optimization_overview", executed_notebook)
+    from optcourse.core.hardware import last_level_cache_bytes
     from optcourse.measure.profiling import linear_cost
 
-    analytic = (linear_cost(4096, 3072, batch=256, bias=False)["intensity"]
-                / linear_cost(4096, 3072, batch=1, bias=False)["intensity"])  # 223.5: the 48 MB weight of the roofline
+    out_features = metrics["linear_intensity_ratio_256_vs_1"]["out_features"]   # sized from the last-level cache
+    llc = last_level_cache_bytes() or (32 << 20)
+    assert 4096 * out_features * 4 >= 3 * llc and out_features % 256 == 0
+    analytic = (linear_cost(4096, out_features, batch=256, bias=False)["intensity"]
+                / linear_cost(4096, out_features, batch=1, bias=False)["intensity"])
     assert value(metrics, "linear_intensity_ratio_256_vs_1") == pytest.approx(analytic)
     assert "p99" in text and "usd_per_1M" in text
     for png in ("latency_histogram.png", "batch_curve.png", "roofline.png"):
