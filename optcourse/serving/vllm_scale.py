@@ -23,10 +23,12 @@ import subprocess
 import sys
 import time
 
+from optcourse.serving import deployment
+
 SHAPE = "llama-3.1-8b"
 PROMPT_TOKENS = 128
 MAX_MODEL_LEN = 1024
-BLOCK_SIZE = 16                # vLLM's default KV block on CUDA (tokens)
+BLOCK_SIZE = deployment.BLOCK_SIZE["cuda"]   # vLLM's default KV block on CUDA (tokens), as in lab 03
 GPU_MEMORY_UTILIZATION = 0.5   # the share of the GPU's memory vLLM may use (weights + activations + KV cache)
 TOKEN_ID_RANGE = (3, 8000)     # prompt ids inside the course tokenizer's vocabulary (the serving folder's tokenizer)
 # what lecture 06 records from these runs (autograder/thresholds/cuda.yaml, each with ``requires: vllm``)
