@@ -33,12 +33,10 @@ from optcourse.core.paths import AUTOGRADER_DIR
 LABS_NOTES_DIR = AUTOGRADER_DIR / "labs"
 KINDS = ("solution", "blank", "mistakes", "attacks")
 # the graded solution records its metrics here (a cell after its parameters sets metrics_path); the contract test
-# checks them against the thresholds, so the solution executes once per test run (no separate papermill run)
+# checks them against the thresholds, so the solution executes once per test run (no separate papermill run). A lab
+# may skip measurements that no test reads in graded runs (lab 03: Task 6's own SLO runs, the static-batching
+# baseline) but keeps them in a run that records its metrics.
 SOLUTION_METRICS = "outputs/solution-metrics.json"
-# labs whose graded run skips measurements that thresholds ask for (lab 03 skips Task 6's own SLO runs and the
-# static-batching baseline when OPTCOURSE_GRADING=1: the grader serves the configuration itself): their solutions'
-# thresholds come from a papermill run (tests/course/test_notebooks.py)
-MEASURED_OUTSIDE_THE_GRADER = ("lab03_vllm_deployment",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +174,10 @@ def _applies(solution, mistakes: list[Mistake]) -> bool:
     return True
 
 
-def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[Mistake] | str]:
-    """Write the notebooks to grade into ``folder``; returns student id -> "solution", "blank" or its mistakes."""
+def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS,
+                attack_names: tuple[str, ...] | None = None) -> dict[str, list[Mistake] | str]:
+    """Write the notebooks to grade into ``folder``; returns student id -> "solution", "blank" or its mistakes.
+    ``attack_names``: the attacks of ``attacks.ATTACKS`` to make (default all of them)."""
     import nbformat
 
     from optcourse.course.release import LABS_DIR, SOLUTIONS_DIR
@@ -197,7 +197,10 @@ def write_batch(lab: str, folder: pathlib.Path, kinds=KINDS) -> dict[str, list[M
             plan[f"mistakes-{i}"] = group
     if "attacks" in kinds:
         blank = nbformat.read(LABS_DIR / lab / f"{lab}.ipynb", as_version=4)
-        for name in attacks.ATTACKS:
+        unknown = set(attack_names or ()) - set(attacks.ATTACKS)
+        if unknown:
+            raise ValueError(f"unknown attacks {sorted(unknown)}: the attacks are {', '.join(attacks.ATTACKS)}")
+        for name in (attacks.ATTACKS if attack_names is None else attack_names):
             nbformat.write(attacks.attacked(blank, name), folder / f"attack-{name}.ipynb")
             plan[f"attack-{name}"] = "blank"
     return plan
@@ -261,16 +264,18 @@ def check(report, plan: dict[str, list[Mistake] | str]) -> list[str]:
     return problems
 
 
-def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bool = False):
+def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bool = False,
+        attack_names: tuple[str, ...] | None = None):
     """Grade the lab's solution, blank and mistakes in one batch; returns ``(report, plan, problems)``."""
     from optcourse.autograde.pipeline import grade_batch
 
     out = pathlib.Path(out)
     if out.exists():
         shutil.rmtree(out)
-    plan = write_batch(lab, out / "submissions", kinds)
+    plan = write_batch(lab, out / "submissions", kinds, attack_names)
     report = grade_batch(lab, out / "submissions", out / "graded", workers=workers, progress=progress,
-                         artifacts=(SOLUTION_METRICS,) if "solution" in kinds else ())
+                         artifacts=(SOLUTION_METRICS,) if "solution" in kinds else (),
+                         first=("solution",))   # the longest run (it also measures): started first
     attacked = [student for student in plan if student.startswith("attack-")]
     return report, plan, check(report, plan) + leaked_lines(lab, out / "graded", attacked)
 
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="work folder (default build/catalogue/LAB)")
     p.add_argument("--only", default=",".join(KINDS), help="comma-separated: " + ",".join(KINDS))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--attacks", default=None, help="comma-separated names of attacks.ATTACKS (default: all)")
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
     if set(kinds) - set(KINDS):
@@ -293,8 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         print(f"error: cannot sandbox submissions here: {why}", file=sys.stderr)
         return 1
-    report, plan, problems = run(args.lab, pathlib.Path(args.out or f"build/catalogue/{args.lab}"), kinds,
-                                 args.workers, progress=True)
+    attack_names = None if args.attacks is None else tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    try:
+        report, plan, problems = run(args.lab, pathlib.Path(args.out or f"build/catalogue/{args.lab}"), kinds,
+                                     args.workers, progress=True, attack_names=attack_names)
+    except ValueError as err:   # an unknown attack or a catalogue that drifted from the solution
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print()
     print(report.table)
     for student, expect in plan.items():

@@ -555,7 +555,8 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 keep_autograded: bool = False, perf_checks: list | None = None, backend: str = "local",
                 ray_address: str | None = None, gpus_per_task: float = 0,
                 limit_overrides: dict | None = None, roster: str | os.PathLike | None = None,
-                autograded_dir: str | os.PathLike | None = None, artifacts: tuple[str, ...] = ()) -> BatchReport:
+                autograded_dir: str | os.PathLike | None = None, artifacts: tuple[str, ...] = (),
+                first: tuple[str, ...] = ()) -> BatchReport:
     """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``.
 
     ``backend``: ``local`` (a process pool of ``workers`` sandboxes on this machine) or ``ray`` (one Ray task
@@ -568,7 +569,8 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     autograded layout, where the formgrader opens a submission for manual grading (``make autograde`` gives the
     course's ``autograder/autograded`` with the course's gradebook). ``artifacts``: files (relative to the lab folder)
     to bring back from each graded run into ``out/artifacts/<student>/`` besides those the performance checks read
-    (the contract test reads the solution's recorded metrics this way)."""
+    (the contract test reads the solution's recorded metrics this way). ``first``: students whose sandboxes start
+    before the others' (the longest first packs a pool of a few workers best)."""
     from tqdm.auto import tqdm
 
     from optcourse.course.release import SOLUTIONS_DIR
@@ -617,7 +619,8 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 "artifact_dir": str(out / "artifacts" / sub.student)})
         bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
         bar.update(len(results))
-        jobs = {name: t for name, (_, _, t) in tasks.items()}
+        ahead = [name for name in first if name in tasks]
+        jobs = {name: tasks[name][2] for name in ahead + [n for n in tasks if n not in ahead]}
         if backend == "ray":
             from optcourse.autograde import raybackend
 

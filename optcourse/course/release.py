@@ -23,6 +23,16 @@ SOLUTIONS_DIR = REPO_ROOT / "solutions"
 LABS_DIR = REPO_ROOT / "labs"
 
 
+def _ask_alembic_once() -> None:
+    """nbgrader stamps every new gradebook with its schema's revision, which it asks a new ``alembic heads``
+    process for each time (2-5 s on 2 cores). The answer is a constant of the installed nbgrader: ask once
+    per process (the grader builds a gradebook per batch, the tests many batches)."""
+    import nbgrader.api
+
+    if not hasattr(nbgrader.api.get_alembic_version, "cache_info"):
+        nbgrader.api.get_alembic_version = functools.lru_cache(maxsize=1)(nbgrader.api.get_alembic_version)
+
+
 def lab_names(source: pathlib.Path = SOLUTIONS_DIR) -> list[str]:
     return sorted(p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb")))
 
@@ -51,6 +61,7 @@ def nbgrader_generate(lab: str, *, release: pathlib.Path, db_url: str, root: pat
     from optcourse.core.paths import apply_offline_environment
 
     apply_offline_environment()  # also puts this interpreter's bin on PATH: nbgrader's gradebook runs `alembic`
+    _ask_alembic_once()
     overrides = {"CourseDirectory.release_directory": str(release), "CourseDirectory.db_url": db_url}
     if root is not None:
         overrides["CourseDirectory.root"] = str(root)

@@ -133,3 +133,14 @@ def test_a_hidden_line_in_feedback_is_found_even_spelled_with_invisible_characte
     (tmp_path / "feedback" / "clean.html").write_text("<pre>a test failed (AssertionError)</pre>")
     problems = catalogue.leaked_lines(lab, tmp_path, ["leaky", "clean"])
     assert len(problems) == 1 and problems[0].startswith("leaky:")
+
+
+def test_a_batch_makes_the_attacks_asked_for_and_refuses_an_unknown_one(tmp_path):
+    lab = "lab04_benchmarking"
+    everything = catalogue.write_batch(lab, tmp_path / "all", ("attacks",))
+    assert sorted(everything) == sorted(f"attack-{a}" for a in catalogue.attacks.ATTACKS)
+    one = next(iter(catalogue.attacks.ATTACKS))
+    assert list(catalogue.write_batch(lab, tmp_path / "one", ("attacks",), (one,))) == [f"attack-{one}"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"attack-{one}.ipynb"]
+    with pytest.raises(ValueError, match="unknown attacks"):
+        catalogue.write_batch(lab, tmp_path / "bad", ("attacks",), ("no_such_attack",))

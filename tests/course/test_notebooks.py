@@ -1,17 +1,14 @@
 """Every lecture executes headlessly (papermill, smoke parameters) and meets the thresholds of this machine's
 hardware profile (autograder/thresholds/<profile>.yaml). Lab solutions execute once, in the class autograder,
-and their graded runs meet the same thresholds (tests/labs/test_lab_contract.py), except those whose graded run
-skips measurements (``catalogue.MEASURED_OUTSIDE_THE_GRADER``): they execute here."""
+and their graded runs meet the same thresholds (tests/labs/test_lab_contract.py)."""
 import pytest
 
 from optcourse.measure.metrics import read_metrics
 from optcourse.measure.thresholds import check_thresholds, load_thresholds
 from optcourse.core.paths import REPO_ROOT
-from optcourse.autograde.catalogue import MEASURED_OUTSIDE_THE_GRADER
-from optcourse.course.release import SOLUTIONS_DIR
 from optcourse.course.runner import discover
 
-NOTEBOOKS = discover(["lectures"]) + [SOLUTIONS_DIR / lab / f"{lab}.ipynb" for lab in MEASURED_OUTSIDE_THE_GRADER]
+NOTEBOOKS = discover(["lectures"])
 
 
 @pytest.mark.notebooks

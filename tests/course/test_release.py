@@ -131,3 +131,24 @@ def test_a_committed_release_whose_instructor_cells_change_keeps_nothing_aside(f
     given["source"] = "a student's edit, not committed"
     notebook.write_text(json.dumps(nb))
     assert len(install(fresh_release / lab, working)) == 1
+
+
+def test_nbgrader_asks_alembic_for_its_schema_revision_once_per_process(tmp_path, monkeypatch):
+    """Each new gradebook needs the revision; nbgrader starts an `alembic heads` process for every one."""
+    import subprocess
+
+    import nbgrader.api
+
+    from optcourse.course import release
+
+    release._ask_alembic_once()
+    nbgrader.api.get_alembic_version.cache_clear()
+    calls = []
+    real = subprocess.check_output
+    monkeypatch.setattr(nbgrader.api.sp, "check_output", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for i in range(3):
+        nbgrader.api.Gradebook(f"sqlite:///{tmp_path}/gradebook{i}.db").close()
+    assert len(calls) == 1
+    with nbgrader.api.Gradebook(f"sqlite:///{tmp_path}/gradebook0.db") as gb:   # stamped with alembic's answer
+        assert gb.db.execute(nbgrader.api.text("SELECT version_num FROM alembic_version")).scalar() == \
+            nbgrader.api.get_alembic_version()

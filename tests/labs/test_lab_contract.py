@@ -8,12 +8,12 @@ sandbox, the lab's own limits), the way an instructor grades a class:
   leaked into another task's points would show);
 * the released notebook with each kernel-side attack of ``optcourse/autograde/attacks.py`` (transformers,
   patched comparisons, hooks, threads, test leaks) scores 0 and shows no hidden-test line in its feedback.
-  Not on lab 03: each of its notebooks starts a vLLM server (minutes on CI's cores), and its tests run
-  through the same trusted runner as the other labs';
+  Each attack runs once per test run, on the lab ``ATTACKED_LAB`` names: the attacks aim at the grader (the
+  trusted test runner), which is the same for every lab, and each graded notebook costs CI a blank run of its
+  lab. Not on lab 03: each of its notebooks starts a vLLM server, and its tests run through the same runner;
 * the solution's graded run meets the thresholds of this machine's profile (``autograder/thresholds``): each
-  solution executes once per test run, in the grader, and that run is both graded and measured (lectures, and
-  the labs of ``catalogue.MEASURED_OUTSIDE_THE_GRADER``, execute through papermill in
-  tests/course/test_notebooks.py; ``make run`` executes every lab that way too).
+  solution executes once per test run, in the grader, and that run is both graded and measured (lectures execute
+  through papermill in tests/course/test_notebooks.py; ``make run`` executes every lab that way too).
 
 One batch per lab (``optcourse.autograde.catalogue.run``), shared by the tests of that lab; the grading time of
 each notebook is printed.
@@ -40,6 +40,18 @@ def _marks(lab: str) -> list:
 
 
 LABS = [pytest.param(lab, marks=_marks(lab)) for lab in lab_names()]
+# attack -> the lab whose released notebook it is tried on (the one catalogue batch of that lab grades it)
+ATTACKED_LAB = {"transformer_pass": "lab02_quantization", "defang_checks": "lab04_benchmarking",
+                "leak_tests": "lab01_tensorrt_int8"}
+
+
+def attacks_on(lab: str) -> tuple[str, ...]:
+    return tuple(name for name in catalogue.attacks.ATTACKS if ATTACKED_LAB.get(name) == lab)
+
+
+def test_every_attack_is_tried_on_a_lab_that_takes_attacks():
+    assert set(ATTACKED_LAB) == set(catalogue.attacks.ATTACKS), "a new attack needs a lab in ATTACKED_LAB"
+    assert set(ATTACKED_LAB.values()) <= set(lab_names()) and not any("vllm" in lab for lab in ATTACKED_LAB.values())
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +66,8 @@ def contract(tmp_path_factory):
             pytest.skip(f"sandbox unavailable: {WHY}")
         if lab not in runs:
             out = tmp_path_factory.mktemp(lab)
-            kinds = tuple(k for k in catalogue.KINDS if k != "attacks" or "vllm" not in lab)
-            report, plan, problems = catalogue.run(lab, out, kinds)
+            kinds = tuple(k for k in catalogue.KINDS if k != "attacks" or attacks_on(lab))
+            report, plan, problems = catalogue.run(lab, out, kinds, attack_names=attacks_on(lab))
             print(f"{lab}: graded {len(report.results)} notebooks in {report.wall_s:.0f} s: " +
                   ", ".join(f"{r.student} {r.wall_s:.0f} s" for r in report.results))
             runs[lab] = (report, plan, problems, out, kinds)
@@ -68,11 +80,11 @@ def contract(tmp_path_factory):
 def test_lab_grading_contract(lab, contract):
     report, plan, problems, _, kinds = contract(lab)
     assert sum(isinstance(p, list) for p in plan.values()) >= 1, f"{lab}: no mistakes graded"
-    assert "attacks" not in kinds or sum(s.startswith("attack-") for s in plan) == len(catalogue.attacks.ATTACKS)
+    assert sorted(s.removeprefix("attack-") for s in plan if s.startswith("attack-")) == sorted(attacks_on(lab))
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("lab", [p for p in LABS if p.values[0] not in catalogue.MEASURED_OUTSIDE_THE_GRADER])
+@pytest.mark.parametrize("lab", LABS)
 def test_graded_solution_meets_the_thresholds(lab, contract):
     from optcourse.core.hardware import resolve_profile
 
