@@ -275,7 +275,7 @@ def run(lab: str, out: pathlib.Path, kinds=KINDS, workers: int = 2, progress: bo
     plan = write_batch(lab, out / "submissions", kinds, attack_names)
     report = grade_batch(lab, out / "submissions", out / "graded", workers=workers, progress=progress,
                          artifacts=(SOLUTION_METRICS,) if "solution" in kinds else (),
-                         first=("solution",))   # the longest run (it also measures): started first
+                         first=("solution",), measure=("solution",))   # the longest run (it also measures) first
     attacked = [student for student in plan if student.startswith("attack-")]
     return report, plan, check(report, plan) + leaked_lines(lab, out / "graded", attacked)
 

@@ -54,6 +54,7 @@ def _sandbox_execute():
 
     class SandboxExecute(Execute):
         _stopped: str | None = None
+        _skip: set = frozenset()   # grade ids of given cells not run in this sandbox (skipped_cells)
 
         def preprocess(self, nb, resources=None, km=None):
             # the kernel runs in its own folder: the one nbgrader reads and writes (the notebook with the hidden
@@ -65,6 +66,7 @@ def _sandbox_execute():
                 meta["path"] = _student_workdir(original)
             instructor = _INSTRUCTOR.get((resources or {}).get("nbgrader", {}).get("notebook"), {})
             self._tester, self._told_prelude = _tester_for(instructor, meta["path"]), False
+            self._skip = set() if _JOB.get("run_all") else set(instructor.get("skip", []))
             inject_parameters(nb, instructor.get("parameters", ""))
             try:
                 return super().preprocess(nb, resources, km)
@@ -145,6 +147,10 @@ def _sandbox_execute():
             if self._stopped:
                 cell.outputs = [_grader_error(cell, "NotRun", self._stopped)]
                 return cell, resources
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if meta.get("grade_id") in self._skip and not meta.get("grade") and not meta.get("solution"):
+                cell.outputs = [new_output("stream", name="stdout", text=SKIPPED_NOTE)]
+                return cell, resources
             uid = int(os.environ["OPTCOURSE_SANDBOX_UID"])
             running_before = _processes(uid)
             restored = ""
@@ -200,7 +206,9 @@ def _is_test(cell) -> bool:
     return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
 
 
-_INSTRUCTOR: dict[str, dict] = {}  # notebook name -> {"prelude": [...], "parameters": source} (set by main)
+_INSTRUCTOR: dict[str, dict] = {}  # notebook name -> {"prelude": [...], "parameters": source, "skip": [...]} (main)
+_JOB: dict = {}                     # this sandbox's job.json (set by main)
+SKIPPED_NOTE = "[autograder] not run while grading: this cell only measures or plots, and no test reads it\n"
 
 
 def _tester_for(instructor: dict, workdir: str):
@@ -430,6 +438,7 @@ def main(root: str) -> int:
         os.environ["OPTCOURSE_SANDBOX_WATCH"] = ",".join(job.get("watch", []))  # read by kernel.py
         with open(os.path.join(root, "instructor.json")) as f:
             _INSTRUCTOR.update(json.load(f))
+        _JOB.update(job)
         api = NbGraderAPI(config=_config(root, job))
         with Gradebook(f"sqlite:///{root}/gradebook.db") as gb:
             gb.update_or_create_student(student)

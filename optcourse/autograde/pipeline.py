@@ -54,6 +54,7 @@ class LabInfo:
     messages: list = dataclasses.field(default_factory=list)     # the tests' own strings (test_messages)
     references: dict = dataclasses.field(default_factory=dict)  # answer -> library names sealed for it (seal.py)
     sealed: dict = dataclasses.field(default_factory=dict)      # library file -> sealed source, made once per batch
+    skipped: set[str] = dataclasses.field(default_factory=set)  # given cells tagged SKIP_WHEN_GRADING (skipped_cells)
 
 
 @dataclasses.dataclass
@@ -144,8 +145,9 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     nb = nbformat.read(notebooks[0], as_version=4)
     # what the sandbox takes from the instructor's notebook, never from the submission: the test runner's
     # imports and helpers, and the parameters the lab is graded with
+    skipped = skipped_cells(nb)
     (template / "instructor.json").write_text(json.dumps({notebooks[0].stem: {
-        "prelude": tester.prelude(nb), "parameters": tester.parameters_source(nb)}}))
+        "prelude": tester.prelude(nb), "parameters": tester.parameters_source(nb), "skip": sorted(skipped)}}))
     limits = lab_limits(nb)
     references = seal.references_of(nb)
     points, code_tests, cell_ids, given = {}, set(), set(), set()
@@ -163,7 +165,29 @@ def build_template(lab: str, source_dir: pathlib.Path, workdir: pathlib.Path) ->
     messages = test_messages([c.source for c in nb.cells if c.cell_type == "code"
                               and c.get("metadata", {}).get("nbgrader", {}).get("locked")])
     return LabInfo(lab, notebooks[0].name, points, code_tests, hidden, template, cell_ids, given, limits,
-                   watched_modules(nb), messages, references, seal.sealed_files(references))
+                   watched_modules(nb), messages, references, seal.sealed_files(references), skipped)
+
+
+SKIP_WHEN_GRADING = "skip-when-grading"   # cell tag: a given cell that only measures or plots, which no test reads
+
+
+def skipped_cells(nb) -> set[str]:
+    """The grade ids of the instructor's given cells tagged ``SKIP_WHEN_GRADING``: the class autograder does not run
+    them (a student's graded run would spend minutes measuring what no test reads), except for the students a
+    batch names in ``measure`` (the course's own test grades and measures the solution in one run). Read from the
+    instructor's notebook only: a submission cannot tag a cell away. A tag on a cell that is not a locked given cell
+    with a grade id is an authoring mistake, refused here."""
+    found = set()
+    for cell in nb.cells:
+        if SKIP_WHEN_GRADING not in cell.get("metadata", {}).get("tags", []):
+            continue
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type != "code" or not meta.get("locked") or meta.get("grade") or meta.get("solution") \
+                or not meta.get("grade_id"):
+            raise ValueError(f"a cell tagged {SKIP_WHEN_GRADING!r} must be a read-only given code cell with a grade "
+                             f"id (neither a test nor an answer): {meta.get('grade_id') or cell.source[:60]!r}")
+        found.add(meta["grade_id"])
+    return found
 
 
 FILL = r"[^\n]{0,120}?"  # what a test's f-string puts in a message: short, one line
@@ -556,7 +580,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 ray_address: str | None = None, gpus_per_task: float = 0,
                 limit_overrides: dict | None = None, roster: str | os.PathLike | None = None,
                 autograded_dir: str | os.PathLike | None = None, artifacts: tuple[str, ...] = (),
-                first: tuple[str, ...] = ()) -> BatchReport:
+                first: tuple[str, ...] = (), measure: tuple[str, ...] = ()) -> BatchReport:
     """Grade every submission of ``lab`` found at ``submissions``; write results under ``out_dir``.
 
     ``backend``: ``local`` (a process pool of ``workers`` sandboxes on this machine) or ``ray`` (one Ray task
@@ -570,7 +594,8 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
     course's ``autograder/autograded`` with the course's gradebook). ``artifacts``: files (relative to the lab folder)
     to bring back from each graded run into ``out/artifacts/<student>/`` besides those the performance checks read
     (the contract test reads the solution's recorded metrics this way). ``first``: students whose sandboxes start
-    before the others' (the longest first packs a pool of a few workers best)."""
+    before the others' (the longest first packs a pool of a few workers best). ``measure``: students whose runs
+    also execute the given cells tagged ``SKIP_WHEN_GRADING`` (``skipped_cells``)."""
     from tqdm.auto import tqdm
 
     from optcourse.course.release import SOLUTIONS_DIR
@@ -616,6 +641,7 @@ def grade_batch(lab: str, submissions: str | os.PathLike, out_dir: str | os.Path
                 "jail_parent": str(work), "uid": uid_base + i, "keep_jail": keep_autograded or autograded_dir is not None,
                 "watch": info.watch,
                 "sealed": info.sealed,
+                "run_all": sub.student in measure,
                 "artifact_dir": str(out / "artifacts" / sub.student)})
         bar = tqdm(total=len(subs), desc=f"grading {lab}", disable=not progress, unit="nb")
         bar.update(len(results))

@@ -288,7 +288,7 @@ def _environment(uid: int, limits: Limits) -> dict[str, str]:
 def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathlib.Path,
                  notebook_name: str, artifacts: list[str], limits: Limits, jail_parent: pathlib.Path | None = None,
                  uid: int = UID_BASE, keep_notebook: bool = False, watch: list[str] | None = None,
-                 sealed: dict[str, str] | None = None) -> pathlib.Path:
+                 sealed: dict[str, str] | None = None, run_all: bool = False) -> pathlib.Path:
     """Make this submission's private course copy: template (lab files without notebooks + gradebook) + notebook;
     with ``sealed`` (library file -> sealed source, ``seal.sealed_files``), the files ``run_jail`` binds over the
     library's."""
@@ -322,7 +322,7 @@ def prepare_jail(template: pathlib.Path, lab: str, student: str, notebook: pathl
         (grading / TRUSTED / "optcourse").mkdir(parents=True)
         os.chmod(grading / TRUSTED, 0o700)  # the test runner's (sandbox root's) real library: not the kernel's
     job = {"lab": lab, "student": student, "cell_timeout": limits.cell_timeout_s, "artifacts": artifacts,
-           "keep_notebook": keep_notebook, "watch": list(watch or [])}
+           "keep_notebook": keep_notebook, "watch": list(watch or []), "run_all": bool(run_all)}
     (grading / "job.json").write_text(json.dumps(job))
     os.chmod(grading / "job.json", 0o600)
     if user_namespace_available()[0]:  # the sandbox's root is outer_uid(uid) on the host: give it its files
@@ -377,7 +377,7 @@ def grade_task(task: dict) -> dict:
     jail = prepare_jail(pathlib.Path(task["template"]), task["lab"], task["student"], pathlib.Path(task["path"]),
                         task["notebook"], task["artifacts"], limits, pathlib.Path(task["jail_parent"]), task["uid"],
                         keep_notebook=bool(task.get("keep_jail")), watch=task.get("watch", []),
-                        sealed=task.get("sealed", {}))
+                        sealed=task.get("sealed", {}), run_all=bool(task.get("run_all")))
     try:
         run = run_jail(jail, task["uid"], limits)
         art_src = jail / "grading" / "artifacts"

@@ -392,3 +392,51 @@ def test_ray_gpu_tasks_get_one_gpu_each_and_the_sandbox_sees_it(tmp_path, ray_cl
     assert refused.returncode == 1 and "asks for 3 GPU(s)" in refused.stderr and "cluster has 2" in refused.stderr, \
         refused.stderr[-2000:]
     assert not (tmp_path / "out3" / "grades.csv").exists()
+
+
+def test_cells_tagged_skip_when_grading_run_only_for_the_students_a_batch_measures(batch, tmp_path):
+    """A given cell that only measures (tagged in the instructor's notebook) is not run while grading, except for
+    the students named in ``measure`` (the course's own test of a solution); both still get every point."""
+    from nbformat.v4 import new_code_cell
+
+    from optcourse.autograde import catalogue
+    from optcourse.autograde.inner import SKIPPED_NOTE
+    from optcourse.autograde.pipeline import SKIP_WHEN_GRADING
+
+    source = tmp_path / "source"
+    shutil.copytree(batch["source"], source)
+    path = source / "demo_lab" / "demo_lab.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(6, new_code_cell("print('MEASURED', 6 * 7)", metadata={"tags": [SKIP_WHEN_GRADING], "nbgrader": {
+        "grade": False, "solution": False, "locked": True, "grade_id": "measure_only", "schema_version": 3}}))
+    nbformat.write(nb, path)
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for who in ("measured", "graded"):
+        nbformat.write(catalogue.as_submitted(nb), subs / f"{who}.ipynb")
+    report = grade_batch("demo_lab", subs, tmp_path / "out", source_dir=source, workers=2, limits=LIMITS,
+                         progress=False, perf_checks=[], measure=("measured",), autograded_dir=tmp_path / "ag")
+    for who, shown, not_shown in (("measured", "MEASURED 42", SKIPPED_NOTE), ("graded", SKIPPED_NOTE, "MEASURED")):
+        res = report.by_student()[who]
+        assert (res.status, res.score, res.needs_review) == ("graded", 5, False), (who, res.notes)
+        executed = nbformat.read(tmp_path / "ag" / who / "demo_lab" / "demo_lab.ipynb", as_version=4)
+        [cell] = [c for c in executed.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "measure_only"]
+        text = "".join(o.get("text", "") for o in cell.outputs)
+        assert shown.strip() in text and not_shown.strip() not in text, (who, text)
+
+
+def test_the_skip_tag_is_refused_on_a_test_or_an_answer():
+    from optcourse.autograde.pipeline import SKIP_WHEN_GRADING, skipped_cells
+
+    nb = nbformat.read(SAMPLES / "source" / "demo_lab" / "demo_lab.ipynb", as_version=4)
+    assert skipped_cells(nb) == set()
+    for gid in ("test_task1_add", "task1_add"):
+        tagged = nb
+        cell = next(c for c in tagged.cells if c.metadata.get("nbgrader", {}).get("grade_id") == gid)
+        cell.metadata["tags"] = [SKIP_WHEN_GRADING]
+        with pytest.raises(ValueError, match="read-only given code cell"):
+            skipped_cells(tagged)
+        cell.metadata["tags"] = []
+    given = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "given_helpers")
+    given.metadata["tags"] = [SKIP_WHEN_GRADING]
+    assert skipped_cells(nb) == {"given_helpers"}
