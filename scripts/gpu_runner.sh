@@ -28,6 +28,8 @@ if ! "$python" -c "import papermill, ipykernel" 2>/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --upgrade \
       --target "$site" "$WHEELS"/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  # the wheels' data files (nbconvert's HTML templates: the report's notebook pages) land in $site/share/jupyter
+  export JUPYTER_PATH="$site/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
   echo "installed $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $site"
 fi
 # the course library from this checkout, also without `pip install -e .`

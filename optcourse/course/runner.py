@@ -17,8 +17,11 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from optcourse.core.hardware import capabilities, resolve_profile
@@ -42,6 +45,58 @@ class NotebookRun:
     seconds: float = 0.0
     ok: bool = False
     error: str = ""
+    gpu_memory_mib: float | None = None   # peak GPU memory in use while it ran (GpuMemorySampler); None: not sampled
+
+
+def nvidia_smi_memory_used() -> float | None:
+    """MiB in use on the GPUs now, as ``nvidia-smi`` reports it (every process: a vLLM server the notebook started
+    counts too), summed over the GPUs it lists; None when it cannot tell."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        values = [float(v) for v in out.stdout.split()] if out.returncode == 0 else []
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return sum(values) if values else None
+
+
+class GpuMemorySampler:
+    """The peak GPU memory in use while a notebook runs: ``query()`` (default ``nvidia_smi_memory_used``) every
+    ``interval`` seconds in a thread, from entering to leaving; ``peak_mib`` stays None when no sample succeeded.
+    A peak shorter than the interval can be missed; a kernel's own allocator peak is
+    ``torch.cuda.max_memory_allocated``, which does not see the vLLM servers a notebook starts."""
+
+    def __init__(self, interval: float = 0.5, query=None):
+        self.interval = interval
+        self.query = query or nvidia_smi_memory_used
+        self.peak_mib: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        try:
+            used = self.query()
+        except Exception:  # noqa: BLE001 - a failed sample is no sample
+            used = None
+        if used is not None:
+            self.peak_mib = used if self.peak_mib is None else max(self.peak_mib, used)
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                break
+
+    def __enter__(self) -> "GpuMemorySampler":
+        self._thread = threading.Thread(target=self._loop, name="gpu-memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.sample()   # and once at the end
 
 
 def discover(groups: list[str], only: str | None = None, root: pathlib.Path = REPO_ROOT) -> list[pathlib.Path]:
@@ -101,9 +156,11 @@ def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool
     run.metrics_path.unlink(missing_ok=True)
     parameters = {"device": profile, "smoke": smoke, "metrics_path": str(run.metrics_path),
                   "output_dir": str(run.artifacts), **(extra_parameters or {})}
+    # on the cuda profile, the GPU memory in use is sampled while the notebook runs (the report's column)
+    sampler = GpuMemorySampler() if profile == "cuda" and shutil.which("nvidia-smi") else None
     start = time.time()
     try:
-        with tempfile.TemporaryDirectory(prefix="optcourse-kernel-") as sockets:
+        with tempfile.TemporaryDirectory(prefix="optcourse-kernel-") as sockets, (sampler or _NoSampler()):
             papermill.execute_notebook(str(path), str(run.output), parameters=parameters, kernel_name="python3",
                                        cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=progress,
                                        log_output=False, kernel_manager_class=ipc_kernel_manager(sockets))
@@ -111,7 +168,16 @@ def execute(path: pathlib.Path, out_dir: pathlib.Path, profile: str, smoke: bool
     except Exception as err:  # noqa: BLE001 - any failure is reported and the run goes on
         run.error = describe_failure(err)
     run.seconds = time.time() - start
+    run.gpu_memory_mib = sampler.peak_mib if sampler else None
     return run
+
+
+class _NoSampler:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
 
 
 def merge_runs(out_dir: pathlib.Path, runs: list[NotebookRun], keep: bool) -> list[NotebookRun]:
@@ -124,11 +190,12 @@ def merge_runs(out_dir: pathlib.Path, runs: list[NotebookRun], keep: bool) -> li
             # the file locations follow from out_dir (as in execute), so a results folder can be moved
             earlier.append(NotebookRun(r["name"], REPO_ROOT / r["path"], out_dir / "notebooks" / pathlib.Path(r["path"]).name,
                                        out_dir / "metrics" / f"{r['name']}.json", out_dir / "artifacts" / r["name"],
-                                       r["seconds"], r["ok"], r["error"]))
+                                       r["seconds"], r["ok"], r["error"], r.get("gpu_memory_mib")))
     names = {r.name for r in runs}
     merged = [r for r in earlier if r.name not in names] + runs
     ledger.write_text(json.dumps([{"name": r.name, "path": display_path(r.path), "seconds": round(r.seconds, 1),
-                                   "ok": r.ok, "error": r.error} for r in merged], indent=2))
+                                   "ok": r.ok, "error": r.error, "gpu_memory_mib": r.gpu_memory_mib} for r in merged],
+                                 indent=2))
     return merged
 
 
@@ -163,6 +230,16 @@ def components_line(system: dict) -> str:
     return (f"torch {system.get('torch')}, transformers {system.get('transformers')}, onnxruntime "
             f"{system.get('onnxruntime')} {system.get('ort_providers')}, TensorRT {system.get('tensorrt') or 'not installed'}, "
             f"vLLM {system.get('vllm') or 'not installed'}")
+
+
+def components_text(systems: dict[str, dict | None], fallback: dict) -> str:
+    """The components the notebooks' kernels saw: one line, or, where they differ (a run split over jobs, a package
+    installed between two notebooks), each line with the notebooks that saw it."""
+    lines = {name: components_line(system) for name, system in systems.items() if system}
+    distinct = list(dict.fromkeys(lines.values()))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else components_line(fallback)
+    return "; ".join(f"{line} ({', '.join(n for n, other in lines.items() if other == line)})" for line in distinct)
 
 
 def hardware_line(system: dict) -> str:
@@ -272,7 +349,7 @@ def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Pat
     size = "smoke (CI-sized) parameters" if smoke else "full-size parameters"
     rep = Report(f"Course run report — profile {profile}, {size}",
                  f"{hardware_line(system)}; generated {system.get('timestamp', '?')}")
-    rep.add_text(f"Components: {components_line(system)}.")
+    rep.add_text(f"Components: {components_text({r.name: info for r, info in zip(runs, recorded)}, system)}.")
     passed = sum(r["passed"] and not r.get("skipped") for r in rows)
     skipped = sum(bool(r.get("skipped")) for r in rows)
     rep.add_heading("Summary")
@@ -298,8 +375,17 @@ def write_report(rows: list[dict], runs: list[NotebookRun], out_dir: pathlib.Pat
     for run in runs:
         page = executed_html(run) or (run.output if run.output.exists() else None)
         href = os.path.relpath(page, out_dir) if page else display_path(run.path)
-        links.append((display_path(run.path), href, f"{run.seconds:.1f} s, " + ("ok" if run.ok else "FAILED: " + run.error)))
+        gpu = f"peak GPU memory in use {run.gpu_memory_mib:,.0f} MiB, " if run.gpu_memory_mib is not None else ""
+        links.append((display_path(run.path), href,
+                      f"{run.seconds:.1f} s, {gpu}" + ("ok" if run.ok else "FAILED: " + run.error)))
     rep.add_links(links)
+    if any(run.gpu_memory_mib is not None for run in runs):
+        rep.add_heading("GPU memory")
+        rep.add_text("Peak GPU memory in use while each notebook ran: nvidia-smi's memory.used (every process on the "
+                     "GPU, the vLLM servers a notebook starts included), sampled every 0.5 s by the runner.")
+        rep.add_table("gpu_memory", [{"notebook": run.name, "peak GPU memory in use (MiB)":
+                                      "-" if run.gpu_memory_mib is None else f"{run.gpu_memory_mib:,.0f}",
+                                      "seconds": f"{run.seconds:.1f}"} for run in runs])
     for run in runs:   # the plots each notebook saved into its output_dir
         for png in sorted(run.artifacts.glob("*.png")) if run.artifacts.is_dir() else []:
             rep.add_figure(f"{run.name}-{png.stem}".replace(".", "-"), png.read_bytes(), f"{run.name}: {png.name}")

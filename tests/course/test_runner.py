@@ -109,3 +109,52 @@ def test_make_run_takes_full_as_1_or_0_and_refuses_anything_else(repo_root, full
         assert proc.returncode != 0 and expect in proc.stderr and not runner
     else:
         assert proc.returncode == 0 and len(runner) == 1 and ("--full" in runner[0]) == (expect == "--full")
+
+
+def test_gpu_memory_sampler_keeps_the_peak_and_ignores_failed_samples():
+    from optcourse.course.runner import GpuMemorySampler
+
+    values = iter([None, 512.0, 2048.0, RuntimeError("nvidia-smi went away"), 1024.0])
+
+    def query():
+        value = next(values, 1024.0)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    sampler = GpuMemorySampler(interval=0.001, query=query)
+    with sampler:
+        import time
+        time.sleep(0.05)
+    assert sampler.peak_mib == 2048.0
+    nothing = GpuMemorySampler(interval=0.001, query=lambda: None)
+    with nothing:
+        pass
+    assert nothing.peak_mib is None
+
+
+def test_runs_ledger_and_report_carry_the_gpu_memory(tmp_path):
+    import json
+
+    from optcourse.course.runner import NotebookRun, merge_runs, write_report
+
+    def run(name, gpu):
+        return NotebookRun(name, tmp_path / f"{name}.ipynb", tmp_path / "notebooks" / f"{name}.ipynb",
+                           tmp_path / "metrics" / f"{name}.json", tmp_path / "artifacts" / name, 12.0, True, "", gpu)
+
+    merge_runs(tmp_path, [run("a", 1536.0)], keep=False)
+    runs = merge_runs(tmp_path, [run("b", None)], keep=True)
+    assert [(r.name, r.gpu_memory_mib) for r in runs] == [("a", 1536.0), ("b", None)]
+    assert json.loads((tmp_path / "runs.json").read_text())[0]["gpu_memory_mib"] == 1536.0
+    report = write_report([], runs, tmp_path, "cuda", smoke=False).read_text()
+    assert "peak GPU memory in use 1,536 MiB" in report and "## GPU memory" in report
+
+
+def test_components_text_names_the_notebooks_when_their_kernels_differ():
+    from optcourse.course.runner import components_text
+
+    base = {"torch": "2.11.0", "transformers": "5.17.0", "onnxruntime": "1.30.0", "ort_providers": ["CPU"]}
+    same = components_text({"a": {**base, "vllm": "0.26.0"}, "b": {**base, "vllm": "0.26.0"}}, base)
+    assert same.endswith("vLLM 0.26.0") and "(" not in same.replace("['CPU']", "")
+    split = components_text({"a": base, "b": {**base, "vllm": "0.26.0"}, "c": None}, base)
+    assert "vLLM not installed (a)" in split and "vLLM 0.26.0 (b)" in split
