@@ -411,6 +411,102 @@ def quantize_llama_weight_only(model: nn.Module, group_size: int = 64,
     return qmodel.eval()
 
 
+def gptq_hessian(x: torch.Tensor) -> torch.Tensor:
+    """The Hessian ``H = 2 XᵀX / n`` of a Linear's reconstruction loss ``||XWᵀ - XŴᵀ||² / n`` with respect to
+    each row of ``W``, from calibration inputs ``x`` of shape ``(n, in)`` (float32)."""
+    x = x.detach().reshape(-1, x.shape[-1]).float()
+    return 2.0 * (x.T @ x) / max(len(x), 1)
+
+
+def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 64,
+                  damp: float = 0.01, block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ (Frantar et al. 2022) of a ``(out, in)`` Linear weight, in ``quantize_groups``' format.
+
+    Columns (input channels) are quantized one at a time, left to right. After column ``j`` is rounded, its
+    error ``e = (w_j - q_j) / [H⁻¹]_jj`` is spread over the columns not yet quantized, ``W[:, k] -= e [H⁻¹]_jk``
+    (the Optimal Brain Quantization update), with ``H⁻¹`` taken as the upper Cholesky factor of the inverse of
+    the damped Hessian (``H + damp · mean(diag H) · I``); updates are applied lazily per block of
+    ``block_size`` columns. Each group of ``group_size`` columns gets its scale and zero point (the asymmetric
+    grid of ``quantize_groups``) from the *updated* weights when its first column is reached. Input channels
+    that never saw a non-zero calibration value (``H_jj = 0``) are set to zero, as in the paper.
+
+    With a diagonal Hessian nothing is spread and the result is round-to-nearest (``quantize_groups``).
+    Returns ``(q, scales, zeros)``: decode with ``dequantize_groups``.
+    """
+    out_features, in_features = w.shape
+    if in_features % group_size:
+        raise ValueError(f"in_features {in_features} is not a multiple of group_size {group_size}")
+    if hessian.shape != (in_features, in_features):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({in_features}, {in_features})")
+    block_size = max(group_size, block_size // group_size * group_size)  # groups never straddle blocks
+    qmax = 2 ** bits - 1
+    W = w.detach().double().clone()
+    H = hessian.detach().double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(in_features, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    n_groups = in_features // group_size
+    q = torch.zeros(out_features, in_features, dtype=torch.uint8)
+    scales = torch.zeros(out_features, n_groups, dtype=torch.float64)
+    zeros = torch.zeros(out_features, n_groups, dtype=torch.float64)
+    for i1 in range(0, in_features, block_size):
+        i2 = min(i1 + block_size, in_features)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % group_size == 0:  # the group's grid from the weights as they are now
+                g = W1[:, i:i + group_size]
+                lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+                s = ((hi - lo) / qmax).clamp(min=1e-8)
+                scales[:, col // group_size], zeros[:, col // group_size] = s, torch.round(-lo / s).clamp(0, qmax)
+            s, z = scales[:, col // group_size], zeros[:, col // group_size]
+            code = torch.clamp(torch.round(W1[:, i] / s) + z, 0, qmax)
+            q[:, col] = code.to(torch.uint8)
+            err = (W1[:, i] - (code - z) * s) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return q, scales.float(), zeros.float()
+
+
+@torch.no_grad()
+def gptq_llama(model: nn.Module, input_ids: torch.Tensor, bits: int = 4, group_size: int = 64,
+               names: Iterable[str] | None = None, seq_len: int = 256, damp: float = 0.01) -> nn.Module:
+    """A copy of a Llama whose decoder Linear layers hold GPTQ-quantized weights (dequantized to float).
+
+    Sequential over decoder blocks, as in the paper: the Hessians of block ``l``'s layers come from the
+    calibration tokens ``input_ids`` (1-D) run through the copy whose blocks ``< l`` are already quantized.
+    """
+    qmodel = copy.deepcopy(model).eval()
+    names = list(names) if names is not None else llama_linear_names(qmodel)
+    blocks: dict[str, list[str]] = {}
+    for n in names:
+        blocks.setdefault(n.split(".mlp.")[0].split(".self_attn.")[0], []).append(n)
+    for block_names in blocks.values():
+        inputs = collect_linear_inputs(qmodel, input_ids, block_names, seq_len=seq_len, max_rows=10 ** 9)
+        for n in block_names:
+            layer = qmodel.get_submodule(n)
+            codes = gptq_quantize(layer.weight.float(), gptq_hessian(inputs[n]), bits, group_size, damp)
+            layer.weight.copy_(dequantize_groups(*codes).to(layer.weight.dtype))
+    return qmodel
+
+
+def quantize_llama_rtn(model: nn.Module, bits: int = 4, group_size: int = 64,
+                       names: Iterable[str] | None = None) -> nn.Module:
+    """A copy of a Llama whose decoder Linear layers hold round-to-nearest group-quantized weights (float)."""
+    qmodel = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for n in (list(names) if names is not None else llama_linear_names(qmodel)):
+            layer = qmodel.get_submodule(n)
+            w_q = dequantize_groups(*quantize_groups(layer.weight.float(), bits, group_size))
+            layer.weight.copy_(w_q.to(layer.weight.dtype))
+    return qmodel
+
+
 def module_bytes(model: nn.Module) -> int:
     """Bytes of all parameters and buffers (shared tensors counted once)."""
     seen, total = set(), 0

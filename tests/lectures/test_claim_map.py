@@ -103,6 +103,10 @@ CLAIMS = {
             "cpu": "full mode only: smoke skips the whole-model perplexity runs"}),
         "the opening stretch of the\nheld-out file is harder than the file's average": Waived(
             "heldout_ppl_opening_over_whole_file", {"cpu": "full mode only: smoke skips the whole-model perplexity runs"}),
+        "With 8 192 calibration tokens GPTQ lowers the layers' output error on held-out text below round-to-nearest":
+            Waived("gptq_int4_heldout_error_ratio", {"cuda": "not measured on a GPU yet (GPTQ demo added 2026-12-02)"}),
+        "With only 256 calibration tokens it does worse than round-to-nearest on held-out text": Waived(
+            "gptq_int4_small_calib_heldout_error_ratio", {"cuda": "not measured on a GPU yet (GPTQ demo added 2026-12-02)"}),
     },
     "05_pruning_distillation_lora": {
         "with global magnitude, half of the weights go for free": "unstructured_50pct_accuracy_drop",
