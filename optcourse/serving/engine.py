@@ -163,18 +163,26 @@ class ConfigRun:
                                                 "output_tokens_per_s", "completed", "failed")}}
 
 
+def server_for(model: str | os.PathLike, config: EngineConfig, *, common_args: Sequence[str], default_kv_bytes: int,
+               log_path: str | os.PathLike | None = None):
+    """An unstarted ``VLLMServer`` of ``config``: the common arguments, then the configuration's own, with the KV
+    cache sized by ``--kv-cache-memory-bytes`` (``config.args``) rather than the CPU build's whole-GiB variable."""
+    from optcourse.serving.server import VLLMServer
+
+    return VLLMServer(model, [*common_args, *config.args(default_kv_bytes)], kv_cache_space_gib=None, log_path=log_path)
+
+
 def measure(model: str | os.PathLike, config: EngineConfig, slo: SLO, prompts: Sequence[str], *,
             common_args: Sequence[str], default_kv_bytes: int, seed: int = 0, warmup: int = 4,
             log_path: str | os.PathLike | None = None, progress: bool = False, server=None) -> ConfigRun:
     """Start vLLM with ``config`` (``server``: a started ``VLLMServer`` of this configuration to reuse instead),
     warm it up with ``warmup`` requests, send the SLO's open-loop Poisson load and read the result."""
     from optcourse.measure.scenarios import poisson_arrivals
-    from optcourse.serving.server import VLLMServer
 
     own = server is None
     t0 = time.time()
     if own:
-        server = VLLMServer(model, [*common_args, *config.args(default_kv_bytes)], kv_cache_space_gib=None,
+        server = server_for(model, config, common_args=common_args, default_kv_bytes=default_kv_bytes,
                             log_path=log_path).start()
     startup = time.time() - t0
     try:

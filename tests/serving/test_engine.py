@@ -2,6 +2,7 @@
 deployment rules."""
 
 import json
+import os
 
 import pytest
 from transformers import AutoConfig
@@ -39,6 +40,15 @@ def test_flags_are_the_knobs():
     assert "--no-enable-chunked-prefill" in args and "--no-enable-prefix-caching" in args
     assert "--max-num-batched-tokens" not in EngineConfig().args(1 << 24)
     assert EngineConfig(kv_cache_memory_bytes=1 << 22).args(1 << 24).count(str(1 << 22)) == 1
+
+
+def test_the_server_of_a_configuration_takes_the_common_flags_then_the_knobs(tmp_path):
+    cfg = EngineConfig(max_num_seqs=8, kv_cache_memory_bytes=1 << 22)
+    server = engine.server_for(LLM_DIR, cfg, common_args=["--dtype", "bfloat16"], default_kv_bytes=1 << 24,
+                               log_path=tmp_path / "s.log")
+    assert server.args == ["--dtype", "bfloat16", *cfg.args(1 << 24)] and server.process is None   # not started
+    assert server.env.get("VLLM_CPU_KVCACHE_SPACE") == os.environ.get("VLLM_CPU_KVCACHE_SPACE")   # sized by the flag
+    assert server.log_path == tmp_path / "s.log"
 
 
 def test_save_and_load_round_trip_and_load_refuses_what_is_not_a_configuration(tmp_path):
