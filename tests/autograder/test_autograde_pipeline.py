@@ -431,11 +431,10 @@ def test_the_skip_tag_is_refused_on_a_test_or_an_answer():
     nb = nbformat.read(SAMPLES / "source" / "demo_lab" / "demo_lab.ipynb", as_version=4)
     assert skipped_cells(nb) == set()
     for gid in ("test_task1_add", "task1_add"):
-        tagged = nb
-        cell = next(c for c in tagged.cells if c.metadata.get("nbgrader", {}).get("grade_id") == gid)
+        cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == gid)
         cell.metadata["tags"] = [SKIP_WHEN_GRADING]
         with pytest.raises(ValueError, match="read-only given code cell"):
-            skipped_cells(tagged)
+            skipped_cells(nb)
         cell.metadata["tags"] = []
     given = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "given_helpers")
     given.metadata["tags"] = [SKIP_WHEN_GRADING]
