@@ -116,6 +116,37 @@ def group_states(pgid: int) -> set[str]:
     return {line.strip()[0] for line in ps_group(pgid, "stat=").splitlines() if line.strip()}
 
 
+FORK_CHECK = """
+import os, sys
+from vllm.engine.arg_utils import EngineArgs
+from vllm.utils.system_utils import get_mp_context
+from optcourse.serving import vllm_cpu_entry
+
+def method():
+    EngineArgs(model=sys.argv[1], max_model_len=512, enforce_eager=True).create_engine_config()
+    return get_mp_context().get_start_method()
+
+plain = method()
+os.environ.pop("VLLM_WORKER_MULTIPROC_METHOD")
+print(plain, vllm_cpu_entry.fork_engine_core(), method())
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None or not __import__("optcourse.serving.server",
+                    fromlist=["_cpu_build"])._cpu_build(), reason="the CPU build of vLLM only")
+def test_the_cpu_build_forks_its_engine_core():
+    """vLLM's CPU platform makes the engine core a spawned process (a second import of vLLM: 28-31 s per start on 2
+    cores instead of 15-17 s); VLLMServer starts it through optcourse.serving.vllm_cpu_entry, which keeps fork."""
+    import sys
+
+    assert VLLMServer(LLM_DIR).command()[1:3] == ["-m", "optcourse.serving.vllm_cpu_entry"]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_WORKER_MULTIPROC_METHOD"}
+    out = subprocess.run([sys.executable, "-c", FORK_CHECK, str(LLM_DIR)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-3:] == ["spawn", "True", "fork"], out.stdout[-2000:]
+
+
 @pytest.mark.timeout(300)
 def test_paused_freezes_every_process_and_resumes(server):
     import threading
