@@ -63,11 +63,12 @@ def test_summarize():
 
 
 def test_committed_h200_vllm_run_meets_cuda_thresholds(repo_root):
-    """The one real-vLLM run of lecture 06's Section 2a (results/gpu/nvidia-h200) passes cuda.yaml's rules for it."""
+    """Lecture 06's complete run with real vLLM (results/gpu/nvidia-h200, 2026-12-02 05:08 UTC; the partial run of
+    01:52, `.vllm-run.json`, is older) passes cuda.yaml's rules for its Section 2a."""
     from optcourse.measure.metrics import read_run
     from optcourse.measure.thresholds import check_thresholds, load_thresholds
 
-    path = repo_root / "results" / "gpu" / "nvidia-h200" / "metrics" / "06_llm_inference_optimization.vllm-run.json"
+    path = repo_root / "results" / "gpu" / "nvidia-h200" / "metrics" / "06_llm_inference_optimization.json"
     run = read_run(path)
     assert run["system"]["vllm"] and run["system"]["gpu"]
     rules = load_thresholds("cuda")["06_llm_inference_optimization"]
