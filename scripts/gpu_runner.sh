@@ -6,7 +6,8 @@
 # Where it runs:
 #   * the full stack (environment.yml, the Dockerfile): papermill, TensorRT and vLLM are there;
 #   * a bare NVIDIA machine with only PyTorch and its scientific stack, no package registry: bring
-#     the wheels of requirements/gpu-runner.txt (scripts/gpu_wheels.sh) and pass WHEELS=<folder>.
+#     the wheels of requirements/gpu-runner.txt (scripts/gpu_wheels.sh; VLLM=1 adds vLLM 0.26.0 for torch 2.11,
+#     requirements/gpu-vllm.txt) and pass WHEELS=<folder>.
 #     Each notebook then takes the best real path it finds (TensorRT missing: PyTorch FP16 with CUDA
 #     graphs; vLLM missing: transformers' continuous batching) and the report lists which.
 #
@@ -31,6 +32,9 @@ if ! "$python" -c "import papermill, ipykernel" 2>/dev/null; then
   # the wheels' data files (nbconvert's HTML templates: the report's notebook pages) land in $site/share/jupyter
   export JUPYTER_PATH="$site/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
   echo "installed $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $site"
+  # vLLM from wheels (VLLM=1 scripts/gpu_wheels.sh): FlashInfer's sampler compiles its kernels on first use, with an
+  # nvcc such a machine lacks; vLLM's own sampler needs none (as the H200 record ran)
+  if [[ -d "$site/vllm" ]]; then export VLLM_USE_FLASHINFER_SAMPLER=${VLLM_USE_FLASHINFER_SAMPLER:-0}; fi
 fi
 # the course library from this checkout, also without `pip install -e .`
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"

@@ -23,6 +23,16 @@ def test_gpu_runner_wheels_are_pinned_to_the_cpu_lock(repo_root):
     assert {n: cpu.get(n) for n in pins_} == pins_, "requirements/gpu-runner.txt must repeat requirements/cpu.lock's pins"
 
 
+def test_gpu_vllm_wheels_leave_the_machines_torch_alone(repo_root):
+    """VLLM=1 scripts/gpu_wheels.sh: vLLM 0.26.0 (it pins torch 2.11, the lent machine's), its dependencies and Locust, none
+    of the machine's own torch stack: the runner installs the folder with --no-deps, so a torch wheel here would
+    shadow the machine's CUDA build."""
+    pins_ = pins(repo_root / "requirements" / "gpu-vllm.txt")
+    assert pins_.get("vllm") == "0.26.0" and "fastapi" in pins_ and "locust" in pins_
+    assert not {"torch", "torchvision", "torchaudio", "triton"} & set(pins_)
+    assert not [n for n in pins_ if n.startswith(("nvidia-cuda", "nvidia-cublas", "nvidia-cudnn-cu"))]
+
+
 def test_gpu_runner_refuses_a_machine_without_a_gpu(repo_root, tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "REPORT_DIR": str(tmp_path / "out")}
     proc = subprocess.run(["bash", "scripts/gpu_runner.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
