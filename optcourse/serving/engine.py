@@ -139,6 +139,14 @@ def load(data: bytes) -> EngineConfig:
     return EngineConfig.from_dict(values)
 
 
+PREEMPTIONS = "vllm:num_preemptions_total"
+
+
+def _series_total(page: dict[str, float], name: str) -> float:
+    """Sum of the Prometheus series named exactly ``name`` (every label set) on a parsed /metrics page."""
+    return sum(v for k, v in page.items() if k.split("{")[0] == name)
+
+
 @dataclasses.dataclass
 class ConfigRun:
     """One configuration measured under an SLO's open-loop load."""
@@ -153,12 +161,13 @@ class ConfigRun:
     startup_s: float
     gauges: list = dataclasses.field(default_factory=list)   # /metrics pages sampled during the load
 
+    def preemptions(self) -> float:
+        """Requests vLLM preempted during the load: its counter after minus before, over all label sets."""
+        return _series_total(self.after, PREEMPTIONS) - _series_total(self.before, PREEMPTIONS)
+
     def as_dict(self) -> dict:
-        name = "vllm:num_preemptions_total"
-        preempted = sum(v for k, v in self.after.items() if k.split("{")[0] == name) \
-            - sum(v for k, v in self.before.items() if k.split("{")[0] == name)
         return {"config": self.config.to_dict(), "goodput_req_s": self.goodput, "attainment": self.attainment,
-                "preemptions": preempted, "startup_s": self.startup_s,
+                "preemptions": self.preemptions(), "startup_s": self.startup_s,
                 **{k: self.summary[k] for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
                                                 "output_tokens_per_s", "completed", "failed")}}
 

@@ -97,3 +97,16 @@ def test_cuda_serves_the_8b_shape_with_random_weights_and_cpu_the_course_llama(t
         model = AutoConfig.from_pretrained(deployment.model(profile, None, tmp_path)[0])
         deployment.check(deployment.REFERENCE, model, profile)
         assert deployment.KV_BUDGETS[profile] >= 32 * deployment.MAX_MODEL_LEN * deployment.kv_bytes_per_token(model)
+
+
+def test_preemptions_are_the_counter_delta_over_every_label_set():
+    """ConfigRun.preemptions: vLLM's counter after minus before, summed over its label sets, and only that series
+    (not one whose name merely starts with it, nor another engine metric)."""
+    before = {'vllm:num_preemptions_total{engine="0",model_name="m"}': 2.0,
+              'vllm:num_preemptions_total{engine="1",model_name="m"}': 1.0,
+              'vllm:num_preemptions_total_created{engine="0"}': 1e9, "vllm:num_requests_running": 4.0}
+    after = {'vllm:num_preemptions_total{engine="0",model_name="m"}': 7.0,
+             'vllm:num_preemptions_total{engine="1",model_name="m"}': 4.0,
+             'vllm:num_preemptions_total_created{engine="0"}': 2e9, "vllm:num_requests_running": 0.0}
+    run = engine.ConfigRun(EngineConfig(), None, 1.0, 1.0, {}, before, after, 0.0)
+    assert run.preemptions() == 8.0
