@@ -130,6 +130,10 @@ class VLLMServer:
             deadline = time.time() + 10  # bounded: an unreaped zombie must not hang the caller
             while time.time() < deadline and _group_alive(group, self.process):
                 time.sleep(0.1)
+        # the API server may have exited between _group_alive's poll and its look at /proc: reap it here, or it
+        # lingers as this process's zombie and keeps the group id in use
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
 
     @contextlib.contextmanager
     def paused(self):

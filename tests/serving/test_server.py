@@ -255,6 +255,21 @@ def test_a_group_of_zombies_is_not_alive():
         sleeper.wait()
 
 
+def test_stop_reaps_an_api_server_that_exits_between_two_looks(tmp_path):
+    """The API server can exit after stop()'s last poll and before its look at /proc, which then sees only a zombie
+    ("not alive"): stop() must still reap it, or the group lingers (CI of 98d0b93: the module's server fixture
+    waited 30 s on its zombie leader)."""
+    srv = VLLMServer(LLM_DIR, log_path=tmp_path / "log")
+    srv.process = subprocess.Popen(["sh", "-c", "exit 0"], start_new_session=True)
+    srv.process.poll = lambda: None          # the race: no poll reaps it before the /proc scan
+    pid = srv.process.pid
+    deadline = time.time() + 10
+    while time.time() < deadline and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.05)
+    srv.stop(timeout=5)
+    assert not group_alive(pid), "stop() left the server process a zombie"
+
+
 def test_the_cpu_build_runs_its_worker_in_the_engine_process():
     """On the CPU build the server turns vLLM's multiprocessing executor off (a third process, one more import of
     vLLM per start); a caller's own choice wins."""
