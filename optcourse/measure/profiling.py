@@ -8,8 +8,10 @@
   (``available=False`` and the reason) and return no numbers: nothing is invented.
 - ``conv2d_cost`` / ``linear_cost`` / ``roofline``: FLOPs and minimum bytes moved by one layer, its
   arithmetic intensity, and the lower bound on its time from a machine's peak compute and memory
-  bandwidth (``machine_peaks`` measures both with PyTorch). Comparing the bound with the measured
-  time says whether a layer is compute- or memory-bound and how far from the roof it runs.
+  bandwidth (``machine_peaks`` measures both with PyTorch, in the dtype asked for: BF16 on a GPU's tensor cores).
+  Comparing the bound with the measured time says whether a layer is compute- or memory-bound and how far from the
+  roof it runs. ``device_cache_bytes`` (the CPU's last-level cache, a GPU's L2) and ``streaming_out_features`` size a
+  layer whose weight cannot come from that cache, so that its 1-token product really streams it from memory.
 """
 from __future__ import annotations
 
@@ -262,23 +264,49 @@ def roofline(flops: float, bytes_moved: float, peak_gflops: float, peak_gbps: fl
 
 
 def machine_peaks(device: str = "cpu", *, matmul_n: int | None = None, copy_mib: int = 64,
-                  repeat: int = 5) -> dict:
-    """Measured (not datasheet) peaks with the current torch thread setting: fp32 matmul GFLOP/s and
-    copy bandwidth GB/s (read + write). Best of ``repeat``: a roof is what the machine *can* do."""
+                  repeat: int = 5, dtype=None) -> dict:
+    """Measured (not datasheet) peaks with the current torch thread setting: matmul GFLOP/s in ``dtype`` (default
+    float32; ``torch.bfloat16`` on a GPU measures its tensor cores) and copy bandwidth GB/s (read + write, float32
+    elements whatever ``dtype``). Best of ``repeat``: a roof is what the machine *can* do."""
     import torch
 
     from optcourse.measure.bench import measure
 
+    dtype = dtype or torch.float32
     n = matmul_n or (4096 if device == "cuda" else 512)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     mm = measure(lambda: torch.mm(a, b), warmup=2, repeat=repeat)
+    del a, b
     src = torch.empty(copy_mib * 2**20 // 4, device=device).normal_()
     dst = torch.empty_like(src)
     cp = measure(lambda: dst.copy_(src), warmup=2, repeat=repeat)
     return {"device": device, "peak_gflops": 2 * n**3 / (mm.min / 1e3) / 1e9,
             "peak_gbps": 2 * src.numel() * 4 / (cp.min / 1e3) / 1e9, "matmul_n": n, "copy_mib": copy_mib,
-            "threads": torch.get_num_threads()}
+            "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads()}
+
+
+def device_cache_bytes(device: str = "cpu") -> int | None:
+    """The cache in front of ``device``'s memory: a CUDA GPU's L2 (``torch.cuda.get_device_properties``), else the
+    CPU's last-level cache (``hardware.last_level_cache_bytes``); None where neither says."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.device(device)).L2_cache_size) or None
+    from optcourse.core.hardware import last_level_cache_bytes
+
+    return last_level_cache_bytes()
+
+
+def streaming_out_features(in_features: int, cache_bytes: int, *, bytes_per_element: int = 4, factor: int = 3,
+                           multiple: int = 256, minimum: int = 3072) -> int:
+    """Output features of a ``Linear(in_features, n)`` whose weight is at least ``factor`` times ``cache_bytes``: a
+    multiple of ``multiple``, never under ``minimum``. A 1-token product with such a weight streams it from memory
+    (a weight the cache holds would land above the memory roof)."""
+    if min(in_features, cache_bytes, bytes_per_element, factor, multiple) < 1:
+        raise ValueError("in_features, cache_bytes, bytes_per_element, factor and multiple must be positive")
+    row = in_features * bytes_per_element * multiple
+    return max(minimum, -(-factor * cache_bytes // row) * multiple)
 
 
 def plot_roofline(points: list[dict], peak_gflops: float, peak_gbps: float, ax=None):

@@ -85,32 +85,66 @@ def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
     return per_token(shape["num_layers"], shape["num_kv_heads"], shape["head_dim"], dtype_bytes)
 
 
+def decode_step_bytes(weights: int, kv_per_token: int, batch: int, context: int) -> int:
+    """The fewest bytes one decode step reads: every weight once, and the KV cache of ``batch`` sequences of
+    ``context`` tokens once."""
+    return weights + batch * context * kv_per_token
+
+
 def decode_bound(weights: int, kv_per_token: int, batch: int, context: int, bandwidth_bytes_per_s: float) -> float:
     """Tokens/s a decode step cannot beat when it must read all weights and the whole KV cache once."""
-    step_bytes = weights + batch * context * kv_per_token
-    return batch / (step_bytes / bandwidth_bytes_per_s)
+    return batch / (decode_step_bytes(weights, kv_per_token, batch, context) / bandwidth_bytes_per_s)
 
 
-@torch.inference_mode()
-def decode_speed(model, batch: int, context: int, *, steps: int = 8, repeat: int = 5, warmup: int = 2) -> dict:
-    """Median time of one decode step of ``batch`` sequences with ``context`` tokens in their KV cache (the cache is
-    cropped back after each step, so every timed step sees the same context): ``{"ms_per_step", "tokens_per_s",
-    "samples_ms"}``. Each sample is ``steps`` steps, timed by ``bench.measure`` (synchronised), divided by ``steps``."""
-    from optcourse.measure.bench import measure
+def decode_step_cost(model, batch: int, context: int) -> dict:
+    """FLOPs and fewest bytes of one decode step of ``model`` (``batch`` new tokens, ``context`` tokens cached), for a
+    roofline: 2 FLOPs per weight per sequence (the input embedding is a lookup, not a product) plus the attention's
+    4 * context * heads * head_dim per layer and sequence (scores and weighted sum); bytes as ``decode_step_bytes`` in
+    the model's own dtype. Returns ``{"flops", "bytes", "intensity"}``."""
+    from optcourse.techniques.kvcache import model_kv_shape
+
+    config = model.config
+    params = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    tied = getattr(config, "tie_word_embeddings", False)
+    matmul_params = params if tied else params - embedding.numel()  # tied: the lm_head product uses it
+    shape = model_kv_shape(config)
+    heads = config.num_attention_heads
+    flops = 2 * matmul_params * batch + 4 * batch * context * shape["num_layers"] * heads * shape["head_dim"]
+    element = next(model.parameters()).element_size()
+    moved = decode_step_bytes(weight_bytes(model), kv_bytes_per_token(config, element), batch, context)
+    return {"flops": float(flops), "bytes": float(moved), "intensity": flops / moved}
+
+
+def decode_step(model, batch: int, context: int):
+    """A function that runs one decode step of ``batch`` sequences with ``context`` tokens in their KV cache, for
+    timing: the cache is prefilled once here (not timed) and cropped back after each step, so every call sees the same
+    context. Inputs are random token ids on the model's device."""
     from optcourse.techniques.decoding import crop_cache, new_kv_cache
 
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (batch, context), device=device)
     cache = new_kv_cache()
-    model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt's logits are not needed
+    with torch.inference_mode():
+        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt's logits are not needed
     nxt = torch.randint(3, vocab, (batch, 1), device=device)
 
-    def run():
-        for _ in range(steps):
-            model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            crop_cache(cache, context)
+    @torch.inference_mode()
+    def step():
+        logits = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        crop_cache(cache, context)
+        return logits
 
-    stats = measure(run, warmup=warmup, repeat=repeat)
-    ms = stats.median / steps
-    return {"ms_per_step": ms, "tokens_per_s": batch / ms * 1e3, "samples_ms": [t / steps for t in stats.samples_ms]}
+    return step
+
+
+def decode_speed(model, batch: int, context: int, *, steps: int = 8, repeat: int = 5, warmup: int = 2) -> dict:
+    """Median time of one decode step of ``batch`` sequences with ``context`` tokens in their KV cache (the cache is
+    cropped back after each step, so every timed step sees the same context): ``{"ms_per_step", "tokens_per_s",
+    "samples_ms"}``. Each sample is ``steps`` steps, timed by ``bench.measure`` (synchronised), divided by ``steps``."""
+    from optcourse.measure.bench import measure
+
+    stats = measure(decode_step(model, batch, context), warmup=warmup, repeat=repeat, inner=steps)
+    ms = stats.median
+    return {"ms_per_step": ms, "tokens_per_s": batch / ms * 1e3, "samples_ms": list(stats.samples_ms)}

@@ -69,6 +69,22 @@ def test_measure_rejects_zero_repeat():
         bench.measure(lambda: None, repeat=0)
 
 
+def test_measure_inner_times_back_to_back_calls_and_reports_the_mean(clock, monkeypatch):
+    events, durations = [], iter([1.0, 3.0] * 20)
+
+    def fn():
+        events.append("call")
+        clock.now += next(durations) / 1e3
+
+    monkeypatch.setattr(bench, "cuda_synchronize", lambda: events.append("sync"))
+    st = bench.measure(fn, warmup=1, repeat=3, inner=2)
+    # warm-up is one sample's worth (2 calls); then 2 calls between syncs, never a sync inside a sample
+    assert events == ["call", "call", "sync"] + ["call", "call", "sync"] * 3
+    assert st.n == 3 and st.samples_ms == pytest.approx([2.0, 2.0, 2.0])  # per call: (1 + 3) / 2
+    with pytest.raises(ValueError):
+        bench.measure(fn, inner=0)
+
+
 def test_compare_alternates_and_reports_ratio(clock):
     order = []
 

@@ -89,7 +89,46 @@ def test_nvml_says_plainly_when_absent(monkeypatch):
 
 def test_machine_peaks_are_positive():
     p = profiling.machine_peaks("cpu", matmul_n=64, copy_mib=1, repeat=2)
-    assert p["peak_gflops"] > 0 and p["peak_gbps"] > 0
+    assert p["peak_gflops"] > 0 and p["peak_gbps"] > 0 and p["dtype"] == "float32"
+
+
+def test_machine_peaks_multiplies_in_the_dtype_asked(monkeypatch):
+    import torch
+
+    seen = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: seen.append((a.dtype, b.dtype, a.shape)) or real_mm(a, b))
+    p = profiling.machine_peaks("cpu", matmul_n=32, copy_mib=1, repeat=2, dtype=torch.bfloat16)
+    assert p["dtype"] == "bfloat16" and p["matmul_n"] == 32
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16, (32, 32))}
+
+
+def test_device_cache_bytes_reads_the_cpu_cache_or_the_gpu_l2(monkeypatch):
+    import types
+
+    import torch
+
+    from optcourse.core import hardware
+
+    monkeypatch.setattr(hardware, "last_level_cache_bytes", lambda: 105 << 20)
+    assert profiling.device_cache_bytes("cpu") == 105 << 20
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: types.SimpleNamespace(L2_cache_size=50 << 20))
+    assert profiling.device_cache_bytes("cuda") == 50 << 20
+    assert profiling.device_cache_bytes("cuda:0") == 50 << 20
+
+
+def test_streaming_out_features_makes_a_weight_three_caches_large():
+    # the course machine: 32 MB L3, FP32: 3 x 32 MiB / (4096 x 4 bytes) = 6144 rows, a multiple of 256
+    assert profiling.streaming_out_features(4096, 32 << 20) == 6144
+    # an H200's 60 MiB L2 in BF16: 3 x 60 MiB / (4096 x 2) = 23040 rows
+    n = profiling.streaming_out_features(4096, 60 << 20, bytes_per_element=2)
+    assert n == 23040 and 4096 * n * 2 >= 3 * (60 << 20)
+    # rounded up to the multiple, never below the minimum
+    n = profiling.streaming_out_features(4096, (32 << 20) + 1)
+    assert n % 256 == 0 and 4096 * n * 4 >= 3 * ((32 << 20) + 1) and 4096 * (n - 256) * 4 < 3 * ((32 << 20) + 1)
+    assert profiling.streaming_out_features(4096, 1 << 20) == 3072
+    with pytest.raises(ValueError):
+        profiling.streaming_out_features(4096, 0)
 
 
 def test_plot_roofline_draws():

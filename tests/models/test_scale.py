@@ -40,3 +40,25 @@ def test_random_weights_are_seeded():
     a = scale.random_llama("cpu-small", dtype=torch.float32, seed=1)
     b = scale.random_llama("cpu-small", dtype=torch.float32, seed=1)
     assert torch.equal(a.model.layers[0].mlp.up_proj.weight, b.model.layers[0].mlp.up_proj.weight)
+
+
+def test_decode_step_repeats_the_same_context_and_its_cost_counts_weights_and_kv():
+    model = scale.random_llama("cpu-small", dtype=torch.float32)
+    cfg = model.config
+    step = scale.decode_step(model, batch=3, context=8)
+    first, second = step(), step()
+    assert first.shape == (3, 1, cfg.vocab_size)
+    assert torch.equal(first, second)  # the cache was cropped back: the same token over the same context
+    cost = scale.decode_step_cost(model, batch=3, context=8)
+    per_token = scale.kv_bytes_per_token(cfg, 4)
+    assert cost["bytes"] == scale.weight_bytes(model) + 3 * 8 * per_token
+    assert cost["bytes"] == scale.decode_step_bytes(scale.weight_bytes(model), per_token, 3, 8)
+    params = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    products = params if cfg.tie_word_embeddings else params - embed
+    attention = 4 * 3 * 8 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    assert cost["flops"] == 2 * products * 3 + attention
+    # the step's intensity is about the batch over the bytes per weight (FP32: B / 2): the decode roofline's x axis
+    assert cost["intensity"] == pytest.approx(cost["flops"] / cost["bytes"])
+    assert 3 / 2 * 0.5 < cost["intensity"] < 3 / 2 * 1.5
+    assert scale.decode_step_cost(model, 6, 8)["intensity"] > cost["intensity"]
