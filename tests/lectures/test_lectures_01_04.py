@@ -49,7 +49,6 @@ def value(metrics: dict, key: str) -> float:
 
 @pytest.mark.notebooks
 @pytest.mark.timeout(900)
-@pytest.mark.executes("lectures/01_optimization_overview.ipynb")
 def test_lecture01_executes_and_measures(executed_notebook):
     metrics, text, out_dir = _execute("01_optimization_overview", executed_notebook)
     from optcourse.core.hardware import last_level_cache_bytes
@@ -70,7 +69,6 @@ def test_lecture01_executes_and_measures(executed_notebook):
 
 @pytest.mark.notebooks
 @pytest.mark.timeout(900)
-@pytest.mark.executes("lectures/02_tensorrt_deep_dive.ipynb")
 def test_lecture02_executes_and_measures(executed_notebook):
     metrics, text, out_dir = _execute("02_tensorrt_deep_dive", executed_notebook)
     from optcourse.techniques.ort import op_counts
@@ -95,7 +93,6 @@ def test_lecture02_executes_and_measures(executed_notebook):
 
 @pytest.mark.notebooks
 @pytest.mark.timeout(900)
-@pytest.mark.executes("lectures/03_onnx_runtime.ipynb")
 def test_lecture03_executes_and_measures(executed_notebook):
     metrics, text, out_dir = _execute("03_onnx_runtime", executed_notebook)
     from optcourse.techniques.ort import op_counts
@@ -110,7 +107,6 @@ def test_lecture03_executes_and_measures(executed_notebook):
 
 @pytest.mark.notebooks
 @pytest.mark.timeout(900)
-@pytest.mark.executes("lectures/04_quantization_techniques.ipynb")
 def test_lecture04_executes_and_measures(executed_notebook):
     metrics, text, out_dir = _execute("04_quantization_techniques", executed_notebook)
     assert "MatMulInteger" in json.dumps(__import__("optcourse.techniques.ort", fromlist=["op_counts"])
