@@ -5,6 +5,10 @@ eleven executed notebooks as HTML, so the same CSS would be committed eleven tim
 of <style> blocks that all pages share becomes ``nbconvert.css`` beside them, and each page links it
 where the blocks stood (the cascade order is unchanged).
 
+The rest of nbconvert's head stays in every page on purpose: MathJax 2 reads its configuration only from an
+inline ``<script type="text/x-mathjax-config">`` block, and the mermaid loader is an ES module, which Chromium
+refuses to load from a separate file when the page is opened from disk (``file://``).
+
     python scripts/share_notebook_css.py results/gpu/<gpu>/notebooks
 """
 import pathlib
