@@ -3,6 +3,8 @@
 - ``LoRALinear`` / ``apply_lora`` / ``merge_lora``: low-rank adapters on frozen linear layers (Hu et al., 2021).
 - ``nf4_codebook`` / ``quantize_nf4`` / ``dequantize_nf4``: QLoRA's 4-bit NormalFloat with blockwise
   absmax scaling and optional double quantization of the scales (Dettmers et al., 2023).
+- pruning (unstructured, ``two_four_mask``, channels), distillation; ``compare_semi_structured_mlp``: 2:4 sparse
+  kernels and channel pruning against dense on a transformer MLP of a real shape, timed on a GPU.
 """
 from __future__ import annotations
 
@@ -223,6 +225,187 @@ def two_four_mask(w: torch.Tensor) -> torch.Tensor:
     groups = nn.functional.pad(flat.abs(), (0, pad)).view(flat.shape[0], -1, 4)
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
     return keep.view(flat.shape[0], -1)[:, :flat.shape[1]].view_as(w)
+
+
+# ------------------------------------------------------------- 2:4 sparsity and channel pruning at a real shape (GPU)
+SEMI_STRUCTURED_BACKENDS = ("auto", "cusparselt", "cutlass")
+
+
+def semi_structured_support(device) -> str | None:
+    """``None`` where PyTorch's 2:4 sparse kernels (``torch.sparse.to_sparse_semi_structured``) can run on
+    ``device``: an NVIDIA GPU of compute capability 8.0 or higher (Ampere and later); else the reason they cannot."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return f"2:4 sparse kernels need an NVIDIA GPU of compute capability 8.0+ (Ampere or later), not {dev.type}"
+    if not torch.cuda.is_available():
+        return "2:4 sparse kernels need an NVIDIA GPU, and PyTorch sees none"
+    major, minor = torch.cuda.get_device_capability(dev)
+    if major < 8:
+        return f"2:4 sparse kernels need compute capability 8.0+; this GPU has {major}.{minor}"
+    return None
+
+
+def mlp_projections(hidden: int, intermediate: int, device="cpu", dtype: torch.dtype = torch.float16,
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random weights of a transformer MLP's up projection ``(intermediate, hidden)`` and down projection
+    ``(hidden, intermediate)``, each N(0, 1/fan_in) so activations stay near unit scale in FP16. Random weights
+    are honest for speed (a kernel's time depends on shapes, not values), never for accuracy."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    w_up = torch.randn(intermediate, hidden, generator=g) / math.sqrt(hidden)
+    w_down = torch.randn(hidden, intermediate, generator=g) / math.sqrt(intermediate)
+    return w_up.to(device=device, dtype=dtype), w_down.to(device=device, dtype=dtype)
+
+
+def channel_prune_mlp(w_up: torch.Tensor, w_down: torch.Tensor, keep_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Structured pruning of an MLP's intermediate features: keep the ``keep_frac`` rows of ``w_up`` with the
+    largest L1 norm (Li et al., 2017) and the same columns of ``w_down``: a smaller *dense* pair, in order."""
+    if not 0 < keep_frac <= 1:
+        raise ValueError(f"keep_frac must be in (0, 1], not {keep_frac}")
+    if w_up.shape[0] != w_down.shape[1] or w_up.shape[1] != w_down.shape[0]:
+        raise ValueError(f"w_up {tuple(w_up.shape)} and w_down {tuple(w_down.shape)} are not an MLP's pair")
+    n_keep = max(1, int(round(w_up.shape[0] * keep_frac)))
+    keep = w_up.float().abs().sum(1).topk(n_keep).indices.sort().values
+    return w_up[keep].contiguous(), w_down[:, keep].contiguous()
+
+
+def mlp_forward(x: torch.Tensor, w_up, w_down) -> torch.Tensor:
+    """``down(up(x))``: the MLP's two projections (dense or ``SparseSemiStructuredTensor`` weights). The gate
+    projection and the activation are left out: the gate is the up projection's shape again, and elementwise work
+    does not change with sparsity."""
+    return nn.functional.linear(nn.functional.linear(x, w_up), w_down)
+
+
+def _to_semi_structured(w: torch.Tensor):
+    """The 2:4-masked ``w`` compressed for the sparse kernels (values plus 2-bit position metadata)."""
+    return torch.sparse.to_sparse_semi_structured(w)
+
+
+def _repeated(fn, n: int):
+    def run():
+        for _ in range(n):
+            out = fn()
+        return out
+    return run
+
+
+def _host_ms(fn, n: int) -> float:
+    """Host time per call to issue ``n`` back-to-back calls, without waiting for the GPU: where it nearly equals the
+    synchronised time per call, the host (the call's set-up and launches), not the kernel, sets the pace."""
+    import time
+
+    from optcourse.measure import bench
+
+    bench.cuda_synchronize()
+    t0 = time.perf_counter()
+    _repeated(fn, n)()
+    elapsed = time.perf_counter() - t0
+    bench.cuda_synchronize()
+    return elapsed * 1e3 / n
+
+
+def _graphed(fn):
+    """``fn`` captured once in a CUDA graph; the returned callable replays it (no host work per call but the replay)."""
+    fn()  # warm: plans, workspaces and kernels chosen before the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def compare_semi_structured_mlp(hidden: int, intermediate: int, tokens, *, device="cuda",
+                                dtype: torch.dtype = torch.float16, keep_frac: float = 0.5, rounds: int = 5,
+                                repeat: int = 5, min_sample_ms: float = 2.0, backend: str = "auto",
+                                cuda_graphs: bool = False, seed: int = 0) -> list[dict]:
+    """A transformer MLP's up and down projections (``hidden -> intermediate -> hidden``, random weights) at each
+    token count of ``tokens``: dense, the same weights 2:4-pruned by magnitude (``two_four_mask``) and run by
+    PyTorch's semi-structured sparse kernels (``torch.sparse.to_sparse_semi_structured``: cuSPARSELt, or CUTLASS
+    with ``backend="cutlass"``), and the dense pair channel-pruned to ``keep_frac`` of its intermediate features
+    (``channel_prune_mlp``), timed side by side (``bench.compare``: warm-up, CUDA synchronisation, alternating
+    rounds; each sample times back-to-back calls for at least ``min_sample_ms``, so a microsecond kernel is not
+    drowned by the synchronisation). One row per token count: per-call medians in ms, speedups over dense (median
+    of the rounds' ratios) with their per-round range, the dense pair's TFLOP/s, and the 2:4 kernels' relative error
+    against the dense product of the same masked weights (``sparse_rel_error``) beside that dense product's own
+    rounding error against FP32 (``rounding_rel_error``); ``*_host_share``: the host's time to issue a call over the
+    synchronised time per call (near 1: the host sets the pace). ``cuda_graphs``: each variant also captured in a CUDA
+    graph and its replays timed the same way (``graph_*`` keys: the kernels without the per-call host work; where the
+    capture fails, ``graph_error`` says why). Needs a GPU (``semi_structured_support``)."""
+    from optcourse.measure import bench
+    from optcourse.techniques.quantization import relative_error
+
+    if hidden < 64 or intermediate < 64 or hidden % 64 or intermediate % 64:
+        raise ValueError(f"hidden and intermediate must be positive multiples of 64, not {hidden}, {intermediate}")
+    tokens = [int(n) for n in tokens]
+    if not tokens or min(tokens) < 1:
+        raise ValueError(f"tokens must be one or more positive token counts, not {tokens}")
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, not {dtype}")
+    if backend not in SEMI_STRUCTURED_BACKENDS:
+        raise ValueError(f"backend must be one of {SEMI_STRUCTURED_BACKENDS}, not {backend!r}")
+    if rounds < 1 or repeat < 1 or min_sample_ms <= 0:
+        raise ValueError("rounds and repeat must be >= 1 and min_sample_ms > 0")
+    reason = semi_structured_support(device)
+    if reason:
+        raise RuntimeError(reason)
+
+    from torch.sparse import SparseSemiStructuredTensor
+
+    cutlass = backend == "cutlass" or (backend == "auto" and not torch.backends.cusparselt.is_available())
+    forced = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = cutlass
+    try:
+        w_up, w_down = mlp_projections(hidden, intermediate, device, dtype, seed)
+        m_up, m_down = w_up * two_four_mask(w_up), w_down * two_four_mask(w_down)
+        s_up, s_down = _to_semi_structured(m_up), _to_semi_structured(m_down)
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+    p_up, p_down = channel_prune_mlp(w_up, w_down, keep_frac)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    rows = []
+    with torch.no_grad():
+        for n in tokens:
+            x = torch.randn(n, hidden, generator=g).to(device=device, dtype=dtype)
+            variants = {"dense": lambda: mlp_forward(x, w_up, w_down),
+                        "2:4 sparse": lambda: mlp_forward(x, s_up, s_down),
+                        "channel-pruned": lambda: mlp_forward(x, p_up, p_down)}
+            masked = mlp_forward(x, m_up, m_down)
+            sparse_rel_error = relative_error(masked, mlp_forward(x, s_up, s_down))
+            rounding_rel_error = relative_error(mlp_forward(x.float(), m_up.float(), m_down.float()), masked)
+            one_call = min(bench.measure(f, warmup=2, repeat=3).median for f in variants.values())
+            inner = max(1, math.ceil(min_sample_ms / max(one_call, 1e-6)))
+            cmp = bench.compare({k: _repeated(f, inner) for k, f in variants.items()}, rounds=rounds, repeat=repeat,
+                                warmup=1)
+            med = {k: cmp.stats[k].median / inner for k in variants}
+            sp_lo, sp_hi = cmp.speedup_spread("dense", "2:4 sparse")
+            ch_lo, ch_hi = cmp.speedup_spread("dense", "channel-pruned")
+            rows.append({"tokens": n, "dense_ms": med["dense"], "sparse_ms": med["2:4 sparse"],
+                         "channel_pruned_ms": med["channel-pruned"],
+                         "sparse_speedup": cmp.speedup("dense", "2:4 sparse"), "sparse_speedup_min": sp_lo,
+                         "sparse_speedup_max": sp_hi, "channel_speedup": cmp.speedup("dense", "channel-pruned"),
+                         "channel_speedup_min": ch_lo, "channel_speedup_max": ch_hi,
+                         "dense_tflops": 4 * n * hidden * intermediate / med["dense"] / 1e9,
+                         "sparse_rel_error": sparse_rel_error, "rounding_rel_error": rounding_rel_error,
+                         "calls_per_sample": inner, "backend": "cutlass" if cutlass else "cusparselt",
+                         "dense_host_share": _host_ms(variants["dense"], inner) / med["dense"],
+                         "sparse_host_share": _host_ms(variants["2:4 sparse"], inner) / med["2:4 sparse"]})
+            if cuda_graphs:
+                try:
+                    graphed = {k: _graphed(f) for k, f in variants.items()}
+                    one_call = min(bench.measure(f, warmup=2, repeat=3).median for f in graphed.values())
+                    inner_g = max(1, math.ceil(min_sample_ms / max(one_call, 1e-6)))
+                    gcmp = bench.compare({k: _repeated(f, inner_g) for k, f in graphed.items()}, rounds=rounds,
+                                         repeat=repeat, warmup=1)
+                except Exception as exc:  # noqa: BLE001 - a kernel that cannot be captured is a result to report
+                    rows[-1]["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    bench.cuda_synchronize()
+                    continue
+                lo, hi = gcmp.speedup_spread("dense", "2:4 sparse")
+                rows[-1].update({f"graph_{k.replace('2:4 sparse', 'sparse').replace('-', '_')}_ms":
+                                 gcmp.stats[k].median / inner_g for k in graphed})
+                rows[-1].update({"graph_sparse_speedup": gcmp.speedup("dense", "2:4 sparse"), "graph_sparse_speedup_min": lo,
+                                 "graph_sparse_speedup_max": hi,
+                                 "graph_channel_speedup": gcmp.speedup("dense", "channel-pruned")})
+    return rows
 
 
 def prune_block_channels(model: nn.Module, keep_frac: float) -> nn.Module:

@@ -131,3 +131,81 @@ def test_nf4_roundtrip_copy_changes_only_the_named_layers():
     assert not torch.equal(copied[0].weight, model[0].weight) and torch.equal(copied[1].weight, model[1].weight)
     expected = compression.dequantize_nf4(compression.quantize_nf4(model[0].weight, 64))
     assert torch.equal(copied[0].weight, expected)
+
+
+def test_mlp_projections_are_seeded_and_scaled_to_keep_activations_near_one():
+    up, down = compression.mlp_projections(256, 1024, dtype=torch.float32, seed=3)
+    assert up.shape == (1024, 256) and down.shape == (256, 1024)
+    assert torch.equal(up, compression.mlp_projections(256, 1024, dtype=torch.float32, seed=3)[0])
+    assert not torch.equal(up, compression.mlp_projections(256, 1024, dtype=torch.float32, seed=4)[0])
+    y = compression.mlp_forward(torch.randn(64, 256), up, down)
+    assert y.shape == (64, 256) and 0.7 < y.std().item() < 1.4
+
+
+def test_channel_prune_mlp_keeps_the_largest_features_and_computes_their_part_of_the_product():
+    up, down = compression.mlp_projections(64, 128, dtype=torch.float32)
+    up[5] *= 10  # the largest row by L1 norm must stay
+    p_up, p_down = compression.channel_prune_mlp(up, down, 0.5)
+    assert p_up.shape == (64, 64) and p_down.shape == (64, 64)
+    keep = up.abs().sum(1).topk(64).indices.sort().values
+    assert 5 in keep.tolist()
+    assert torch.equal(p_up, up[keep]) and torch.equal(p_down, down[:, keep])
+    x = torch.randn(8, 64)
+    torch.testing.assert_close(compression.mlp_forward(x, p_up, p_down), (x @ up[keep].T) @ down[:, keep].T)
+    with pytest.raises(ValueError, match="keep_frac"):
+        compression.channel_prune_mlp(up, down, 0.0)
+    with pytest.raises(ValueError, match="pair"):
+        compression.channel_prune_mlp(up, up, 0.5)
+
+
+def test_semi_structured_comparison_refuses_a_cpu_and_bad_arguments():
+    assert "compute capability 8.0" in compression.semi_structured_support("cpu")
+    with pytest.raises(RuntimeError, match="NVIDIA GPU"):
+        compression.compare_semi_structured_mlp(64, 128, [16], device="cpu")
+    for kwargs, match in ((dict(hidden=60), "multiples of 64"), (dict(tokens=[]), "token counts"),
+                          (dict(tokens=[0]), "token counts"), (dict(dtype=torch.float32), "float16"),
+                          (dict(backend="cusparse"), "backend"), (dict(rounds=0), "rounds")):
+        args = dict(hidden=64, intermediate=128, tokens=[16], device="cpu") | kwargs
+        with pytest.raises(ValueError, match=match):
+            compression.compare_semi_structured_mlp(args.pop("hidden"), args.pop("intermediate"), args.pop("tokens"),
+                                                    **args)
+
+
+def test_semi_structured_comparison_rows_with_the_kernel_stood_in_for_on_a_cpu(monkeypatch):
+    """The GPU-only pieces (the capability check, the compression for the sparse kernels) replaced on a CPU: the
+    masks handed to the kernel are 2:4, the error is measured against the masked dense product, and the rows carry
+    what the lecture reads. The sparse kernels themselves run only on a GPU (the lecture's cuda run)."""
+    handed = []
+
+    def stand_in(w):  # what a correct kernel computes: the product of the masked weights
+        handed.append(w.clone())
+        return w + 0.01 * w.abs().max() * torch.ones_like(w) * (w != 0)  # a small, measurable difference
+
+    monkeypatch.setattr(compression, "semi_structured_support", lambda device: None)
+    monkeypatch.setattr(compression, "_to_semi_structured", stand_in)
+    rows = compression.compare_semi_structured_mlp(64, 128, [8, 32], device="cpu", dtype=torch.bfloat16, rounds=2,
+                                                   repeat=2, min_sample_ms=0.05)
+    assert [r["tokens"] for r in rows] == [8, 32]
+    assert len(handed) == 2 and [tuple(w.shape) for w in handed] == [(128, 64), (64, 128)]
+    for w in handed:  # exactly 2 non-zeros in every group of 4 along the reduction dimension
+        assert ((w.view(w.shape[0], -1, 4) != 0).sum(-1) == 2).all()
+    for r in rows:
+        for key in ("dense_ms", "sparse_ms", "channel_pruned_ms", "sparse_speedup", "channel_speedup", "dense_tflops"):
+            assert r[key] > 0, key
+        assert r["sparse_speedup_min"] <= r["sparse_speedup"] <= r["sparse_speedup_max"]
+        assert r["channel_speedup_min"] <= r["channel_speedup"] <= r["channel_speedup_max"]
+        assert 1e-3 < r["sparse_rel_error"] < 0.2  # the stand-in's difference is seen
+        assert 0 < r["rounding_rel_error"] < 0.05  # bf16 against fp32
+        assert r["calls_per_sample"] >= 1
+
+
+def test_semi_structured_comparison_reports_a_failed_graph_capture_instead_of_stopping(monkeypatch):
+    """``cuda_graphs=True`` where the capture cannot work (here: no CUDA at all): the eager rows stay, and
+    ``graph_error`` says why; no ``graph_*`` timing is made up."""
+    monkeypatch.setattr(compression, "semi_structured_support", lambda device: None)
+    monkeypatch.setattr(compression, "_to_semi_structured", lambda w: w)
+    rows = compression.compare_semi_structured_mlp(64, 128, [8], device="cpu", dtype=torch.bfloat16, rounds=1,
+                                                   repeat=1, min_sample_ms=0.05, cuda_graphs=True)
+    assert rows[0]["graph_error"] and rows[0]["dense_ms"] > 0
+    assert not [k for k in rows[0] if k.startswith("graph_") and k != "graph_error"]
+    assert rows[0]["dense_host_share"] > 0 and rows[0]["sparse_host_share"] > 0
