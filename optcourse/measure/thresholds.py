@@ -90,5 +90,7 @@ def check_thresholds(notebook: str, metrics: dict, thresholds: dict, installed: 
                "threshold": describe_rule(rule), "passed": check_value(value, rule) if applies else True}
         if not applies:
             row.update(skipped=True, note=why)
+        elif entry is None:   # the row's FAIL then says why, in every report and test message
+            row["note"] = f"{metric} was not recorded by this run of {notebook}"
         rows.append(row)
     return rows

@@ -13,6 +13,8 @@ def test_check_thresholds_min_max_and_missing():
     assert rows["drop"]["passed"] is True
     assert rows["acc"]["passed"] is True and rows["acc"]["threshold"] == ">= 0.9 and <= 1"
     assert rows["unreported"]["passed"] is False and rows["unreported"]["measured"] is None
+    assert rows["unreported"]["note"] == "unreported was not recorded by this run of labx"
+    assert "note" not in rows["speedup"]   # a measured miss shows its value, not a note
 
 
 def test_conditional_thresholds_follow_the_installed_components(tmp_path):
