@@ -86,6 +86,16 @@ def cuda_synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def back_to_back(fn: Callable[[], object], n: int) -> Callable[[], object]:
+    """A callable that calls ``fn`` ``n`` times in a row and returns the last result: one timed sample of ``n`` calls
+    (``measure(inner=)``; ``compare`` takes such callables as variants)."""
+    def run():
+        for _ in range(n):
+            out = fn()
+        return out
+    return run
+
+
 def measure(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 20, sync: bool = True,
             min_time_s: float = 0.0, max_repeat: int = 10_000, use_cuda_events: bool = False,
             inner: int = 1) -> Stats:
@@ -103,12 +113,7 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 20, sync
     if inner < 1:
         raise ValueError("inner must be at least 1")
     if inner > 1:
-        one = fn
-
-        def fn():
-            for _ in range(inner):
-                out = one()
-            return out
+        fn = back_to_back(fn, inner)
     for _ in range(warmup):
         fn()
     if sync:

@@ -280,14 +280,6 @@ def _to_semi_structured(w: torch.Tensor):
     return torch.sparse.to_sparse_semi_structured(w)
 
 
-def _repeated(fn, n: int):
-    def run():
-        for _ in range(n):
-            out = fn()
-        return out
-    return run
-
-
 def _host_ms(fn, n: int) -> float:
     """Host time per call to issue ``n`` back-to-back calls, without waiting for the GPU: where it nearly equals the
     synchronised time per call, the host (the call's set-up and launches), not the kernel, sets the pace."""
@@ -297,7 +289,7 @@ def _host_ms(fn, n: int) -> float:
 
     bench.cuda_synchronize()
     t0 = time.perf_counter()
-    _repeated(fn, n)()
+    bench.back_to_back(fn, n)()
     elapsed = time.perf_counter() - t0
     bench.cuda_synchronize()
     return elapsed * 1e3 / n
@@ -373,7 +365,8 @@ def compare_semi_structured_mlp(hidden: int, intermediate: int, tokens, *, devic
             rounding_rel_error = relative_error(mlp_forward(x.float(), m_up.float(), m_down.float()), masked)
             one_call = min(bench.measure(f, warmup=2, repeat=3).median for f in variants.values())
             inner = max(1, math.ceil(min_sample_ms / max(one_call, 1e-6)))
-            cmp = bench.compare({k: _repeated(f, inner) for k, f in variants.items()}, rounds=rounds, repeat=repeat,
+            cmp = bench.compare({k: bench.back_to_back(f, inner) for k, f in variants.items()}, rounds=rounds,
+                                repeat=repeat,
                                 warmup=1)
             med = {k: cmp.stats[k].median / inner for k in variants}
             sp_lo, sp_hi = cmp.speedup_spread("dense", "2:4 sparse")
@@ -393,7 +386,7 @@ def compare_semi_structured_mlp(hidden: int, intermediate: int, tokens, *, devic
                     graphed = {k: _graphed(f) for k, f in variants.items()}
                     one_call = min(bench.measure(f, warmup=2, repeat=3).median for f in graphed.values())
                     inner_g = max(1, math.ceil(min_sample_ms / max(one_call, 1e-6)))
-                    gcmp = bench.compare({k: _repeated(f, inner_g) for k, f in graphed.items()}, rounds=rounds,
+                    gcmp = bench.compare({k: bench.back_to_back(f, inner_g) for k, f in graphed.items()}, rounds=rounds,
                                          repeat=repeat, warmup=1)
                 except Exception as exc:  # noqa: BLE001 - a kernel that cannot be captured is a result to report
                     rows[-1]["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
