@@ -10,6 +10,8 @@ inline ``<script type="text/x-mathjax-config">`` block, and the mermaid loader i
 refuses to load from a separate file when the page is opened from disk (``file://``).
 
     python scripts/share_notebook_css.py results/gpu/<gpu>/notebooks
+
+Run it again after `--keep` re-runs a notebook: only the new pages change.
 """
 import pathlib
 import re
@@ -30,19 +32,24 @@ def leading_styles(page: str) -> list[re.Match]:
 
 
 def share(folder: pathlib.Path) -> int:
+    """Link nbconvert.css from every page that still embeds it; returns how many pages changed. A folder already
+    shared keeps its nbconvert.css, and a page added later (a notebook run again) must embed exactly that CSS."""
     pages = {p: p.read_text() for p in sorted(folder.glob("*.html"))}
-    if any(LINK in text for text in pages.values()):
-        raise SystemExit(f"{folder}: already shared (a page links nbconvert.css)")
-    runs = {p: leading_styles(text) for p, text in pages.items()}
-    css = {"".join(m.group(1) for m in run) for run in runs.values()}
-    if not pages or len(css) != 1 or not css.pop().strip():
+    todo = {p: leading_styles(text) for p, text in pages.items() if LINK not in text}
+    if not todo:
+        raise SystemExit(f"{folder}: already shared (every page links nbconvert.css)")
+    css = {"".join(m.group(1) for m in run) for run in todo.values()}
+    shared = folder / "nbconvert.css"
+    if shared.exists() and len(todo) < len(pages):
+        css.add(shared.read_text())
+    if len(css) != 1 or not css.pop().strip():
         raise SystemExit(f"{folder}: the pages do not share one leading stylesheet")
-    first = next(iter(runs.values()))
-    (folder / "nbconvert.css").write_text("".join(m.group(1) for m in first))
-    for page, run in runs.items():
+    first = next(iter(todo.values()))
+    shared.write_text("".join(m.group(1) for m in first))
+    for page, run in todo.items():
         text = pages[page]
         page.write_text(text[:run[0].start()] + LINK + text[run[-1].end():])
-    return len(pages)
+    return len(todo)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,12 @@ def test_share_notebook_css_moves_the_common_leading_styles_once(repo_root, tmp_
                                                  '<script></script><style>late {}</style></head><p>one</p>')
     with pytest.raises(SystemExit, match="already shared"):
         share_notebook_css.share(tmp_path)
+    # a notebook run again (runner --keep) adds a page that embeds the CSS again: only it changes
+    (tmp_path / "c.html").write_text("<head><style>p {}</style><style>b {}b {}</style><p>three</p>")
+    assert share_notebook_css.share(tmp_path) == 1
+    assert (tmp_path / "c.html").read_text() == '<head><link rel="stylesheet" href="nbconvert.css">\n<p>three</p>'
+    assert (tmp_path / "nbconvert.css").read_text() == "p {}b {}b {}"
+    (tmp_path / "d.html").write_text("<head><style>q {}</style></head>")   # another nbconvert's CSS: refused
+    with pytest.raises(SystemExit, match="do not share"):
+        share_notebook_css.share(tmp_path)
+    assert "<style>q {}</style>" in (tmp_path / "d.html").read_text()

@@ -56,6 +56,23 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def int8_saturates(flags: set[str] | None = None, machine: str | None = None) -> bool:
+    """True on an x86-64 CPU without VNNI (neither AVX-512 VNNI nor AVX-VNNI), where ONNX Runtime's INT8 kernels can
+    saturate: they add pairs of UINT8 x INT8 products in 16-bit lanes (``vpmaddubsw``), which overflow for large
+    activations and weights, and a quantized model loses accuracy there that it keeps on a VNNI CPU or a GPU (measured
+    on the digits ResNet: 0.944 instead of 0.993 with UINT8 activations, 0.18 with INT8 ones). ONNX Runtime's
+    remedies: ``reduce_range=True`` when quantizing (7-bit weights, whose pair sums cannot overflow), or the session
+    option ``session.x64quantprecision`` (16-bit products), which ``bench.ort_session`` sets on such CPUs."""
+    flags = cpu_flags() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    return machine in ("x86_64", "amd64") and not flags & {"avx512_vnni", "avx_vnni"}
+
+
+def has_avx512(flags: set[str] | None = None) -> bool:
+    """AVX-512 (foundation): vLLM's CPU build runs its much slower AVX2 kernels without it (lab 03's objective)."""
+    return "avx512f" in (cpu_flags() if flags is None else flags)
+
+
 def last_level_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
     """The largest data cache of CPU 0 (its last level, e.g. L3), from sysfs; None where sysfs does not say.
     A measurement that must stream from memory sizes its data from this (a GPU server's CPU caches more than a
@@ -93,7 +110,9 @@ def capabilities() -> dict:
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "avx512": has_avx512(flags),
         "avx512_vnni": "avx512_vnni" in flags,
+        "int8_saturates": int8_saturates(flags),
         "avx2": "avx2" in flags,
         "torch": _version("torch"),
         "cuda": cuda_available(),

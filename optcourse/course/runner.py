@@ -182,7 +182,8 @@ class _NoSampler:
 
 def merge_runs(out_dir: pathlib.Path, runs: list[NotebookRun], keep: bool) -> list[NotebookRun]:
     """With ``keep``, add this invocation's runs to those recorded in ``out_dir/runs.json`` (a later run of
-    the same notebook replaces the earlier one), so that a long run can be split over several jobs."""
+    the same notebook replaces the earlier one in its place, so the report keeps its order), so that a long run can be
+    split over several jobs."""
     ledger = out_dir / "runs.json"
     earlier = []
     if keep and ledger.exists():
@@ -191,8 +192,8 @@ def merge_runs(out_dir: pathlib.Path, runs: list[NotebookRun], keep: bool) -> li
             earlier.append(NotebookRun(r["name"], REPO_ROOT / r["path"], out_dir / "notebooks" / pathlib.Path(r["path"]).name,
                                        out_dir / "metrics" / f"{r['name']}.json", out_dir / "artifacts" / r["name"],
                                        r["seconds"], r["ok"], r["error"], r.get("gpu_memory_mib")))
-    names = {r.name for r in runs}
-    merged = [r for r in earlier if r.name not in names] + runs
+    now = {r.name: r for r in runs}
+    merged = [now.pop(r.name, r) for r in earlier] + list(now.values())
     ledger.write_text(json.dumps([{"name": r.name, "path": display_path(r.path), "seconds": round(r.seconds, 1),
                                    "ok": r.ok, "error": r.error, "gpu_memory_mib": r.gpu_memory_mib} for r in merged],
                                  indent=2))

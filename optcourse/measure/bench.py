@@ -242,18 +242,39 @@ def ort_optimization_level(name: str):
 
 
 def ort_session(model_path: str | os.PathLike | bytes, threads: int = 1, providers: list[str] | None = None,
-                graph_optimization: str = "all"):
+                graph_optimization: str = "all", exact_int8: bool | None = None):
     """An ONNX Runtime session with pinned threads and an explicit provider list (no surprises); the model is a
-    path or its bytes (the grader loads a student's file once, after checking it)."""
+    path or its bytes (the grader loads a student's file once, after checking it).
+
+    ``exact_int8``: on an x86 CPU without VNNI, ONNX Runtime's INT8 kernels add pairs of products in 16-bit lanes
+    and can saturate (``hardware.int8_saturates``), so a quantized model's accuracy would depend on the CPU it runs
+    on; there the session computes INT8 products in 16 bits (``session.x64quantprecision``), as a VNNI CPU or a GPU
+    computes them exactly. None (the default): on such CPUs, for a model whose Q/DQ pairs are not fused yet (a
+    model ONNX Runtime already optimized into ``QLinear*`` kernels, a CPU "engine", keeps the arithmetic it was built
+    with). False: the fast, saturating kernels."""
     import onnxruntime as ort
+
+    from optcourse.core.hardware import int8_saturates
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort_optimization_level(graph_optimization)
+    if int8_saturates() and not _prefused_int8(model_path) if exact_int8 is None else exact_int8:
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     model = bytes(model_path) if isinstance(model_path, (bytes, bytearray)) else str(model_path)
     return ort.InferenceSession(model, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def _prefused_int8(model_path) -> bool:
+    """Whether an ONNX model already holds ONNX Runtime's fused integer kernels (QLinearConv, QGemm, ...)."""
+    import onnx
+
+    model = (onnx.load_from_string(bytes(model_path)) if isinstance(model_path, (bytes, bytearray))
+             else onnx.load(str(model_path), load_external_data=False))
+    return any(node.op_type.startswith("QLinear") or node.op_type in ("QGemm", "ConvInteger", "MatMulInteger")
+               for node in model.graph.node)
 
 
 def system_info() -> dict:

@@ -116,10 +116,11 @@ def decode_step_cost(model, batch: int, context: int) -> dict:
     return {"flops": float(flops), "bytes": float(moved), "intensity": flops / moved}
 
 
-def decode_step(model, batch: int, context: int):
+def decode_step(model, batch: int, context: int, new_tokens: int = 1):
     """A function that runs one decode step of ``batch`` sequences with ``context`` tokens in their KV cache, for
     timing: the cache is prefilled once here (not timed) and cropped back after each step, so every call sees the same
-    context. Inputs are random token ids on the model's device."""
+    context. Inputs are random token ids on the model's device. ``new_tokens`` > 1: the step feeds that many tokens
+    per sequence and keeps all their logits (speculative decoding's verification of ``new_tokens - 1`` drafts)."""
     from optcourse.techniques.decoding import crop_cache, new_kv_cache
 
     device = next(model.parameters()).device
@@ -128,15 +129,39 @@ def decode_step(model, batch: int, context: int):
     cache = new_kv_cache()
     with torch.inference_mode():
         model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt's logits are not needed
-    nxt = torch.randint(3, vocab, (batch, 1), device=device)
+    nxt = torch.randint(3, vocab, (batch, new_tokens), device=device)
 
     @torch.inference_mode()
     def step():
-        logits = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=new_tokens).logits
         crop_cache(cache, context)
         return logits
 
     return step
+
+
+def speculative_costs(target, draft, *, k: int, context: int, steps: int = 8, rounds: int = 5, repeat: int = 3) -> dict:
+    """The cost side of speculative decoding for a ``target`` and a ``draft`` model on their device, batch 1, with
+    ``context`` tokens cached: one decode step of the target, its verification pass over ``k + 1`` tokens and one
+    decode step of the draft, timed side by side in alternating rounds (``bench.compare``; each sample ``steps``
+    back-to-back steps). Returns the medians in ms, ``c`` (draft step / target step: Leviathan et al.'s cost ratio),
+    ``verify`` (verification / target step) and ``bytes_ratio`` (the draft's fewest bytes per step over the
+    target's, ``decode_step_bytes``: what ``c`` would be if both steps were pure weight and KV reads)."""
+    from optcourse.measure import bench
+
+    steps_fns = {"target": decode_step(target, 1, context), "verify": decode_step(target, 1, context, k + 1),
+                 "draft": decode_step(draft, 1, context)}
+    cmp = bench.compare({name: bench.back_to_back(fn, steps) for name, fn in steps_fns.items()}, rounds=rounds,
+                        repeat=repeat, warmup=1)
+    ms = {name: cmp.stats[name].median / steps for name in steps_fns}
+
+    def fewest_bytes(model):
+        element = next(model.parameters()).element_size()
+        return decode_step_bytes(weight_bytes(model), kv_bytes_per_token(model.config, element), 1, context)
+
+    return {"target_ms": ms["target"], "verify_ms": ms["verify"], "draft_ms": ms["draft"],
+            "c": ms["draft"] / ms["target"], "verify": ms["verify"] / ms["target"],
+            "bytes_ratio": fewest_bytes(draft) / fewest_bytes(target), "k": k, "context": context}
 
 
 def decode_speed(model, batch: int, context: int, *, steps: int = 8, repeat: int = 5, warmup: int = 2) -> dict:

@@ -10,9 +10,10 @@ The grader re-measures a student's engine configuration with exactly these (``op
 """
 from __future__ import annotations
 
-from optcourse.serving.engine import SLO, EngineConfig
-
+import dataclasses
 import pathlib
+
+from optcourse.serving.engine import SLO, EngineConfig
 
 MAX_MODEL_LEN = 512
 # vLLM's default KV block size on each backend (tokens per block)
@@ -31,12 +32,64 @@ KV_BUDGETS = {"cpu": 256 << 20, "cuda": 16 << 30}
 # 0.7 s over 40 requests, growing with the load's length): at 16 req/s for 80 requests batching and cache size decide.
 # cuda: an interactive chat objective (TTFT 200 ms, 25 ms per token: 40 tokens/s per user) for the 8B shape at
 # 32 req/s of 128 tokens (4096 tok/s offered; vLLM served 25k tok/s at batch 256 on one H200, 2026-11-30).
+# cpu-avx2: an x86 CPU without AVX-512, where vLLM's CPU build runs its AVX2 kernels (vllm.platforms.cpu), two to
+# three times slower, and AVX2 machines differ in speed by 2x more: no fixed rate separates a good configuration
+# from a bad one on all of them (at 3 req/s an engine of 2 sequences met the objective on 25 % of its requests on one
+# 2-core AMD EPYC and on 100 % on a faster one, where the reference's capacity is 12.5 req/s). So its rate is a share
+# (RATE_SHARE) of the reference's capacity measured on the machine itself (engine.capacity: a closed loop of 32
+# clients); SLOS holds the nominal rate. AVX2 kernels on a 2-core AMD EPYC (Zen 4, AVX-512 kept from vLLM and torch,
+# 2026-12-02, 60 requests of 32 tokens) at 0.6 x 12.5 req/s: the reference 100 % (p99 TTFT 249 ms, TPOT 40 ms), 2
+# sequences 38 %, 1 sequence 23 %.
 SLOS = {
     "cpu": SLO(ttft_ms=500.0, tpot_ms=50.0, rate_per_s=16.0, requests=80, max_tokens=32,
                kv_budget_bytes=KV_BUDGETS["cpu"]),
+    "cpu-avx2": SLO(ttft_ms=1000.0, tpot_ms=120.0, rate_per_s=3.0, requests=60, max_tokens=32,
+                    kv_budget_bytes=KV_BUDGETS["cpu"]),
     "cuda": SLO(ttft_ms=200.0, tpot_ms=25.0, rate_per_s=32.0, requests=160, max_tokens=128,
                 kv_budget_bytes=KV_BUDGETS["cuda"]),
 }
+
+# Task 4's sweep (requests/s): the top rate is beyond what the server keeps up with
+SWEEP_RATES = {"cpu": ([4, 16, 64], [2, 4, 8, 16, 32, 64, 128]), "cpu-avx2": ([1, 4, 16], [1, 2, 3, 4, 8, 16, 32]),
+               "cuda": ([16, 64, 256], [8, 16, 32, 64, 128, 256])}
+
+
+def objective(profile: str, has_avx512: bool | None = None) -> str:
+    """Which objective and sweep this machine gets: the profile's, or ``cpu-avx2`` on a CPU without AVX-512."""
+    if profile != "cpu":
+        return profile
+    if has_avx512 is None:
+        from optcourse.core.hardware import has_avx512 as probe
+
+        has_avx512 = probe()
+    return "cpu" if has_avx512 else "cpu-avx2"
+
+
+# The objectives whose rate is this share of the reference configuration's capacity on the machine (see above)
+RATE_SHARE = {"cpu-avx2": 0.6}
+
+
+def slo(profile: str, capacity_req_s: float | None = None) -> SLO:
+    """The SLO of this machine (the notebook and the grader both read it here). Where the objective's rate is a share
+    of the reference's capacity (``RATE_SHARE``), ``capacity_req_s`` (``engine.capacity`` of ``REFERENCE`` on this
+    machine) sets it; without it the rate is the table's nominal one."""
+    table = SLOS[objective(profile)]
+    share = RATE_SHARE.get(objective(profile))
+    if share is None or capacity_req_s is None:
+        return table
+    if not capacity_req_s > 0:
+        raise ValueError(f"the reference's capacity must be a positive number of requests/s, got {capacity_req_s!r}")
+    return dataclasses.replace(table, rate_per_s=round(share * capacity_req_s, 2))
+
+
+def rate_from_capacity(profile: str) -> bool:
+    """Whether this machine's SLO rate is measured (``slo(profile, capacity)``) rather than fixed."""
+    return objective(profile) in RATE_SHARE
+
+
+def sweep_rates(profile: str, smoke: bool) -> list[int]:
+    return SWEEP_RATES[objective(profile)][0 if smoke else 1]
+
 
 # The reference deployment the grader compares a student's choice with: vLLM's scheduling defaults (32 sequences
 # per step, chunked prefill and prefix caching on) with the whole budget as KV cache.

@@ -181,6 +181,34 @@ def server_for(model: str | os.PathLike, config: EngineConfig, *, common_args: S
     return VLLMServer(model, [*common_args, *config.args(default_kv_bytes)], kv_cache_space_gib=None, log_path=log_path)
 
 
+def capacity(model: str | os.PathLike, config: EngineConfig, prompts: Sequence[str], max_tokens: int, *,
+             common_args: Sequence[str], default_kv_bytes: int, requests: int = 64, rounds: int = 3,
+             log_path: str | os.PathLike | None = None, server=None) -> float:
+    """Requests per second ``config`` completes on this machine under a **closed** loop of ``config.max_num_seqs``
+    clients (``requests`` requests of ``max_tokens`` tokens, after a warm-up): the median of ``rounds``. What an
+    open-loop SLO's rate can be set against where the machine's speed is not known in advance
+    (``deployment.RATE_SHARE``). ``server``: a started server of this configuration to use instead of a new one."""
+    import statistics
+
+    own = server is None
+    if own:
+        server = server_for(model, config, common_args=common_args, default_kv_bytes=default_kv_bytes,
+                            log_path=log_path).start()
+    try:
+        clients = config.max_num_seqs
+        loadgen.run_load(server.url, server.served_model_name, prompts, max_tokens=max_tokens,
+                         concurrency=min(8, clients), num_requests=16, ignore_eos=True)
+        rates = []
+        for _ in range(rounds):
+            run = loadgen.run_load(server.url, server.served_model_name, prompts, max_tokens=max_tokens,
+                                   concurrency=min(clients, requests), num_requests=requests, ignore_eos=True)
+            rates.append(sum(r.ok for r in run.results) / run.duration_s)
+    finally:
+        if own:
+            server.stop()
+    return statistics.median(rates)
+
+
 def measure(model: str | os.PathLike, config: EngineConfig, slo: SLO, prompts: Sequence[str], *,
             common_args: Sequence[str], default_kv_bytes: int, seed: int = 0, warmup: int = 4,
             log_path: str | os.PathLike | None = None, progress: bool = False, server=None) -> ConfigRun:

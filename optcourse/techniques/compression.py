@@ -296,7 +296,9 @@ def _host_ms(fn, n: int) -> float:
 
 
 def _graphed(fn):
-    """``fn`` captured once in a CUDA graph; the returned callable replays it (no host work per call but the replay)."""
+    """``fn`` captured once in a CUDA graph; the returned callable replays it (no host work per call but the replay).
+    Not ``engines.CudaGraphRunner``: that one serves a model called with new inputs (a per-call copy into its static
+    input), while here ``fn`` closes over its input and the timing is meant to be of the kernels alone."""
     fn()  # warm: plans, workspaces and kernels chosen before the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -480,17 +482,20 @@ def train_student(x_labelled: torch.Tensor, y_labelled: torch.Tensor, steps: int
                   transfer_x: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None,
                   temperature: float = 4.0, alpha: float = 0.7, batch_size: int = 32, seed: int = 0) -> nn.Module:
     """Train a ``StudentCNN`` for ``steps`` AdamW steps on labelled batches; with ``teacher_logits`` (of
-    ``transfer_x``) each step adds a soft-target batch from the transfer set, weighted ``alpha``."""
+    ``transfer_x``) each step adds a soft-target batch from the transfer set, weighted ``alpha``. The same ``seed``
+    gives the same initialisation and the same labelled batches with or without distillation (the transfer batches
+    draw from a generator of their own), so the two students of a seed differ by the distillation only."""
     torch.manual_seed(seed)
     student = StudentCNN()
     opt = torch.optim.AdamW(student.parameters(), lr=3e-3, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
+    g_transfer = torch.Generator().manual_seed(seed + 1_000_003)
     student.train()
     for _ in range(steps):
         idx = torch.randint(0, len(x_labelled), (batch_size,), generator=g)
         loss = nn.functional.cross_entropy(student(x_labelled[idx]), y_labelled[idx])
         if teacher_logits is not None:
-            tidx = torch.randint(0, len(transfer_x), (batch_size,), generator=g)
+            tidx = torch.randint(0, len(transfer_x), (batch_size,), generator=g_transfer)
             soft = distillation_loss(student(transfer_x[tidx]), teacher_logits[tidx], temperature)
             loss = alpha * soft + (1 - alpha) * loss
         opt.zero_grad()

@@ -26,14 +26,19 @@ def new_kv_cache():
     return DynamicCache()
 
 
+def _ids(model, ids: list[list[int]]) -> torch.Tensor:
+    """Token ids as a tensor on ``model``'s device (a model on the GPU takes its inputs there)."""
+    return torch.tensor(ids, device=next(model.parameters()).device)
+
+
 @torch.no_grad()
 def greedy_decode(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy decoding with a KV cache, one token per forward pass; returns the new token ids."""
     cache = new_kv_cache()
-    logits = model(torch.tensor([prompt_ids]), past_key_values=cache, use_cache=True).logits
+    logits = model(_ids(model, [prompt_ids]), past_key_values=cache, use_cache=True).logits
     out = [int(logits[0, -1].argmax())]
     while len(out) < max_new_tokens:
-        logits = model(torch.tensor([[out[-1]]]), past_key_values=cache, use_cache=True).logits
+        logits = model(_ids(model, [[out[-1]]]), past_key_values=cache, use_cache=True).logits
         out.append(int(logits[0, -1].argmax()))
     return out
 
@@ -94,9 +99,9 @@ def speculative_greedy(target, draft, prompt_ids: list[int], max_new_tokens: int
     is_model = isinstance(draft, nn.Module)
     tcache, dcache = new_kv_cache(), new_kv_cache()
     if len(seq) > 1:
-        target(torch.tensor([seq[:-1]]), past_key_values=tcache, use_cache=True)
+        target(_ids(target, [seq[:-1]]), past_key_values=tcache, use_cache=True)
         if is_model:
-            draft(torch.tensor([seq[:-1]]), past_key_values=dcache, use_cache=True)
+            draft(_ids(draft, [seq[:-1]]), past_key_values=dcache, use_cache=True)
     rounds = drafted = accepted = draft_forwards = 0
     while len(seq) - n_prompt < max_new_tokens:
         if is_model:
@@ -104,14 +109,14 @@ def speculative_greedy(target, draft, prompt_ids: list[int], max_new_tokens: int
             inp = seq[dcache.get_seq_length():]
             proposal = []
             for _ in range(k):
-                logits = draft(torch.tensor([inp]), past_key_values=dcache, use_cache=True).logits
+                logits = draft(_ids(draft, [inp]), past_key_values=dcache, use_cache=True).logits
                 draft_forwards += 1
                 proposal.append(int(logits[0, -1].argmax()))
                 inp = proposal[-1:]
         else:
             proposal = [int(t) for t in draft(seq, k)][:k]
         crop_cache(tcache, len(seq) - 1)
-        logits = target(torch.tensor([seq[-1:] + proposal]), past_key_values=tcache, use_cache=True).logits
+        logits = target(_ids(target, [seq[-1:] + proposal]), past_key_values=tcache, use_cache=True).logits
         preds = logits[0].argmax(-1).tolist()  # preds[i]: target's token after seq + proposal[:i]
         n = 0
         while n < len(proposal) and proposal[n] == preds[n]:
@@ -123,11 +128,24 @@ def speculative_greedy(target, draft, prompt_ids: list[int], max_new_tokens: int
     return SpeculativeResult(seq[n_prompt:n_prompt + max_new_tokens], rounds, drafted, accepted, draft_forwards)
 
 
-def expected_speedup(alpha: float, k: int, c: float) -> float:
+def expected_speedup(alpha: float, k: int, c: float, verify: float = 1.0) -> float:
     """Leviathan et al. (2023), Thm 3.8: speedup of speculative decoding with acceptance rate ``alpha``,
-    ``k`` drafted tokens and draft/target cost ratio ``c`` (i.i.d. acceptance assumption)."""
+    ``k`` drafted tokens and draft/target cost ratio ``c`` (i.i.d. acceptance assumption). ``verify``: the target's
+    pass over the ``k + 1`` tokens in units of one decode step (the theorem takes 1: decode is memory-bound)."""
     tokens = k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-    return tokens / (c * k + 1)
+    return tokens / (c * k + verify)
+
+
+def break_even_acceptance(k: int, c: float, verify: float = 1.0) -> float:
+    """The acceptance rate at which ``expected_speedup`` is 1: a draft accepted less often slows decoding down
+    (1.0 when even full acceptance cannot pay for the draft)."""
+    if expected_speedup(1.0, k, c, verify) <= 1:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # the speedup grows with alpha: bisection
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_speedup(mid, k, c, verify) < 1 else (lo, mid)
+    return hi
 
 
 def speculative_sample(p: torch.Tensor, q: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

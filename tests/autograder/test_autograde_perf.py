@@ -15,6 +15,7 @@ import pytest
 
 from optcourse.autograde import perf
 from optcourse.autograde.inner import _copy_artifacts
+from optcourse.serving import deployment
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -154,13 +155,41 @@ def lab01_artifacts(tmp_path_factory):
 def test_lab01_registers_its_int8_artifact():
     [c] = perf.checks_for("lab01_tensorrt_int8")
     assert c.artifact == "outputs/digits_int8_t3.onnx" and c.require_int8 and c.points == 2
-    from optcourse.measure.thresholds import load_thresholds
+    from optcourse.core.hardware import capabilities
+    from optcourse.measure.thresholds import effective_rule, load_thresholds
 
-    for profile in ("cpu", "cuda"):  # the lab's own thresholds of each profile
+    for profile in ("cpu", "cuda"):  # the lab's own thresholds of each profile, as they hold on this machine
         ctx = perf.PerfContext(lab="lab01_tensorrt_int8", profile=profile)
-        speedup = load_thresholds(profile)["lab01_tensorrt_int8"][c.speedup_metric]["min"]
+        rule = load_thresholds(profile)["lab01_tensorrt_int8"][c.speedup_metric]
+        speedup = effective_rule(rule, capabilities())[0]["min"]
         assert speedup >= 1.2 and c.threshold(ctx, c.speedup_metric, None) == speedup
         assert c.threshold(ctx, c.accuracy_drop_metric, None, bound="max") == 1.0
+    # an x86 CPU without VNNI gets the lower bound the lab's Task 3 states (1.2x), others the profile's own
+    cpu_rule = load_thresholds("cpu")["lab01_tensorrt_int8"][c.speedup_metric]
+    assert effective_rule(cpu_rule, {"int8_saturates": True})[0] == {"min": 1.2}
+    assert effective_rule(cpu_rule, {"int8_saturates": False})[0]["min"] == 1.8
+
+
+def test_lab01_check_times_the_fast_int8_kernels_and_scores_exact_accuracy(lab01_artifacts, monkeypatch):
+    """On a CPU without VNNI the accuracy comes from exact 16-bit products, the speed from ORT's fast kernels."""
+    import dataclasses
+
+    from optcourse.core import hardware
+    from optcourse.measure import bench
+
+    sessions, real = [], bench.ort_session
+
+    def recording(model, *args, **kwargs):
+        sessions.append(kwargs.get("exact_int8"))
+        return real(model, *args, **kwargs)
+
+    [c] = perf.checks_for("lab01_tensorrt_int8")
+    ctx = perf.PerfContext(lab="lab01_tensorrt_int8", profile="cpu", workdir=lab01_artifacts["dir"] / "grader-avx2")
+    monkeypatch.setattr(bench, "ort_session", recording)
+    monkeypatch.setattr(hardware, "int8_saturates", lambda *a, **k: True)
+    res = dataclasses.replace(c, speedup_metric=None, min_speedup=0.01, rounds=2, repeat=3).run(lab01_artifacts["good"], ctx)
+    assert res.passed, res.reason
+    assert sessions.count(False) == 1 and None in sessions   # one timed session on the fast kernels, the rest default
 
 
 def test_lab01_check_passes_the_real_artifact_and_rejects_fp32_named_int8(lab01_artifacts):
@@ -388,17 +417,25 @@ class FakeRun:
 
 @pytest.fixture
 def slo_check(monkeypatch, tmp_path):
-    """lab03's check with the server measurement faked (forked children inherit the patch); every call is logged."""
+    """lab03's check with the server measurements faked (forked children inherit the patch); every call is logged:
+    a measured configuration's key and the SLO's rate, or the configuration whose capacity was measured."""
     from optcourse.serving import engine
 
     log = tmp_path / "measured.log"
 
     def fake_measure(model, config, slo, prompts, **kw):
         with open(log, "a") as f:
-            f.write(config.key() + "\n")
+            f.write(f"{config.key()}@{slo.rate_per_s:g}\n")
         return FakeRun(config)
 
+    def fake_capacity(model, config, prompts, max_tokens, **kw):
+        with open(log, "a") as f:
+            f.write(f"capacity:{config.key()}\n")
+        return 10.0
+
     monkeypatch.setattr(engine, "measure", fake_measure)
+    monkeypatch.setattr(engine, "capacity", fake_capacity)
+    monkeypatch.setattr("optcourse.core.hardware.has_avx512", lambda flags=None: True)
     ctx = perf.PerfContext(lab="lab03_vllm_deployment", profile="cpu", workdir=tmp_path / "grader")
     (check,) = perf.checks_for("lab03_vllm_deployment")
 
@@ -420,6 +457,20 @@ def test_lab03_engine_configuration_is_served_by_the_grader_against_the_referenc
     assert bad.measured["ratio"] == 2 / 16
     keys = log.read_text().split()
     assert len(keys) == 3 and len(set(keys)) == 3, keys       # reference, 64, 2: each once
+    # an AVX-512 CPU: the fixed objective, no capacity measured
+    assert all(k.endswith(f"@{deployment.SLOS['cpu'].rate_per_s:g}") for k in keys), keys
+
+
+def test_lab03_without_avx512_the_rate_is_a_share_of_the_reference_capacity_measured_once(slo_check, monkeypatch):
+    monkeypatch.setattr("optcourse.core.hardware.has_avx512", lambda flags=None: False)
+    grade, log = slo_check
+    good, bad = grade({"max_num_seqs": 64}), grade({"max_num_seqs": 2})
+    rate = deployment.RATE_SHARE["cpu-avx2"] * 10.0               # the faked capacity: 10 requests/s
+    assert good.score == 3 and bad.score == 0 and f"at {rate:g} requests/s" in good.reason, good
+    assert "capacity measured on this machine" in bad.reason and bad.measured["slo"]["rate_per_s"] == rate, bad
+    lines = log.read_text().split()
+    assert lines[0] == f"capacity:{deployment.REFERENCE.key()}" and len(lines) == 4, lines   # once for the batch
+    assert all(k.endswith(f"@{rate:g}") for k in lines[1:]), lines
 
 
 @pytest.mark.parametrize("artifact, why", [

@@ -50,3 +50,37 @@ def test_last_level_cache_is_the_largest_data_cache(tmp_path):
         (tmp_path / f"index{i}" / "size").write_text(size + "\n")
     assert last_level_cache_bytes(str(tmp_path)) == 105 << 20      # the instruction cache is not data
     assert last_level_cache_bytes(str(tmp_path / "nowhere")) is None
+
+
+def test_int8_saturates_on_x86_without_vnni_only():
+    from optcourse.core.hardware import int8_saturates
+
+    assert int8_saturates({"avx2", "fma"}, "x86_64")
+    assert not int8_saturates({"avx2", "avx512_vnni"}, "x86_64")
+    assert not int8_saturates({"avx2", "avx_vnni"}, "x86_64")
+    assert not int8_saturates(set(), "aarch64")  # Arm's INT8 dot products do not saturate this way
+
+
+def test_ort_sessions_compute_int8_exactly_where_the_cpu_would_saturate(monkeypatch):
+    """A session's INT8 arithmetic must not depend on the CPU: bench.ort_session asks for 16-bit products where
+    hardware.int8_saturates, and leaves the fast kernels elsewhere or when told."""
+    import onnxruntime as ort
+
+    from optcourse.core import hardware
+    from optcourse.measure import bench
+    from optcourse.models.digits import load_digits_resnet
+    from optcourse.techniques import export
+
+    seen = []
+    real = ort.SessionOptions.add_session_config_entry
+    monkeypatch.setattr(ort.SessionOptions, "add_session_config_entry",
+                        lambda self, key, value: (seen.append((key, value)), real(self, key, value))[1])
+    import tempfile, pathlib
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export.export_digits(load_digits_resnet(), pathlib.Path(tmp) / "m.onnx")
+        for saturates, exact, expected in ((True, None, True), (False, None, False), (True, False, False),
+                                           (False, True, True)):
+            seen.clear()
+            monkeypatch.setattr(hardware, "int8_saturates", lambda *a, s=saturates: s)
+            bench.ort_session(path, exact_int8=exact)
+            assert (("session.x64quantprecision", "1") in seen) is expected, (saturates, exact)

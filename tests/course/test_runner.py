@@ -146,6 +146,10 @@ def test_runs_ledger_and_report_carry_the_gpu_memory(tmp_path):
     runs = merge_runs(tmp_path, [run("b", None)], keep=True)
     assert [(r.name, r.gpu_memory_mib) for r in runs] == [("a", 1536.0), ("b", None)]
     assert json.loads((tmp_path / "runs.json").read_text())[0]["gpu_memory_mib"] == 1536.0
+    # a notebook run again replaces its earlier run in its place (the report's order stays)
+    assert [(r.name, r.gpu_memory_mib) for r in merge_runs(tmp_path, [run("a", 2048.0)], keep=True)] == \
+        [("a", 2048.0), ("b", None)]
+    assert [r["name"] for r in json.loads((tmp_path / "runs.json").read_text())] == ["a", "b"]
     report = write_report([], runs, tmp_path, "cuda", smoke=False).read_text()
     assert "peak GPU memory in use 1,536 MiB" in report and "## GPU memory" in report
 

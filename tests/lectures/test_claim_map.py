@@ -26,6 +26,9 @@ PROFILES = ("cpu", "cuda")
 L05_GPU_ONLY = ("the 2:4 kernels need an NVIDIA GPU of compute capability 8.0+: on cpu the cell says so and records "
                 "nothing (the mask's accuracy cost only)")
 L06_VLLM_CUDA_ONLY = "Section 2a runs only with vLLM on the cuda profile: skipped on cpu, where it records nothing"
+L06_SPEC_SCALE_NOT_YET_ON_THE_GPU = ("Section 3b (an 8B-shaped target, a 1B-shaped draft on cuda) has not run on a GPU yet: "
+                                     "its H200 run of 2026-12-02 was lost with the machine (issue #22); bound it in "
+                                     "cuda.yaml from the first GPU record that has it, then drop this waiver")
 
 
 class Waived(NamedTuple):
@@ -78,7 +81,8 @@ CLAIMS = {
             "transformer_optimizer_attention_fused",
         "with onnxruntime 1.30 (the image of the H200 machine that recorded the cuda profile) it fuses no attention "
         "block (0 of 6)": "transformer_optimizer_attention_fused",
-        "neither the built-in\nlevels nor the fused attention make the model faster beyond that spread": "minilm_opt_speedup",
+        "the built-in levels never made the model much slower": "minilm_opt_speedup",
+        "the fused attention\nadds no speedup beyond the spread on top of `all`": "transformer_optimizer_speedup_vs_all",
         "the fused graph can even come out a\nlittle slower": "transformer_optimizer_speedup_vs_all",
         "take most of the kernel time": "profile_gemm_share",
         "folds those attention pieces and their GEMMs into `Attention`": "profile_fused_attention_share",
@@ -169,6 +173,14 @@ CLAIMS = {
         "with the output unchanged token for token": "greedy_outputs_identical",
         "with greedy acceptance it returns exactly the target's output (verified above)": "greedy_outputs_identical",
         "its samples are as close to the target's distribution as the target's own samples are": "speculative_sampling_tv_over_noise",
+        "Verifying $k+1$ tokens costs more than one decode step here on a CPU": Waived(
+            "speculative_scale_verify_cost", {"cuda": L06_SPEC_SCALE_NOT_YET_ON_THE_GPU}),
+        "The draft's step costs about its share of the bytes a step reads or more": Waived(
+            "speculative_scale_draft_cost_over_bytes", {"cuda": L06_SPEC_SCALE_NOT_YET_ON_THE_GPU}),
+        "the formula predicts the real loop's speed within a fraction": Waived(
+            "speculative_scale_model_ratio", {"cuda": L06_SPEC_SCALE_NOT_YET_ON_THE_GPU}),
+        "below the break-even acceptance printed above": Waived(
+            "speculative_scale_break_even_acceptance", {"cuda": L06_SPEC_SCALE_NOT_YET_ON_THE_GPU}),
         "the tiled online-softmax attention matches the naive one to float rounding": "tiled_attention_max_abs_error",
         "PyTorch's flash backend is faster than `MATH` at the longest length timed": "sdpa_flash_speedup",
         "`MATH`'s peak holds at least one whole": "sdpa_math_peak_over_scores",

@@ -30,6 +30,25 @@ def test_conditional_thresholds_follow_the_installed_components(tmp_path):
         thresholds.load_thresholds("cpu", tmp_path)
 
 
+def test_otherwise_is_the_bound_where_the_condition_fails(tmp_path):
+    rules = {"lab": {"int8_speedup": {"min": 1.8, "unless": "int8_saturates", "otherwise": {"min": 1.2}}}}
+    got = {"int8_speedup": {"value": 1.5}}
+    vnni = thresholds.check_thresholds("lab", got, rules, {"int8_saturates": False})[0]
+    assert vnni["passed"] is False and vnni["threshold"] == ">= 1.8" and "note" not in vnni
+    avx2 = thresholds.check_thresholds("lab", got, rules, {"int8_saturates": True})[0]
+    assert avx2["passed"] is True and avx2["threshold"] == ">= 1.2" and not avx2.get("skipped")
+    assert "no VNNI" in avx2["note"] and ">= 1.8 elsewhere" in avx2["note"]
+    slow = thresholds.check_thresholds("lab", {"int8_speedup": {"value": 1.1}}, rules, {"int8_saturates": True})[0]
+    assert slow["passed"] is False
+    # records from before the CPU property was recorded: the main bound
+    assert thresholds.check_thresholds("lab", got, rules, {})[0]["threshold"] == ">= 1.8"
+    for bad in ("{min: 1, otherwise: {min: 0.5}}", "{min: 1, unless: vllm, otherwise: 0.5}",
+                "{min: 1, unless: vllm, otherwise: {min: 0.5, unless: tensorrt}}"):
+        (tmp_path / "cpu.yaml").write_text(f"lab:\n  x: {bad}\n")
+        with pytest.raises(ValueError, match="otherwise"):
+            thresholds.load_thresholds("cpu", tmp_path)
+
+
 def test_threshold_files_exist_for_every_profile_and_are_valid():
     for profile in ("cpu", "cuda"):
         data = thresholds.load_thresholds(profile)

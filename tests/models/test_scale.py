@@ -62,3 +62,19 @@ def test_decode_step_repeats_the_same_context_and_its_cost_counts_weights_and_kv
     assert cost["intensity"] == pytest.approx(cost["flops"] / cost["bytes"])
     assert 3 / 2 * 0.5 < cost["intensity"] < 3 / 2 * 1.5
     assert scale.decode_step_cost(model, 6, 8)["intensity"] > cost["intensity"]
+
+
+def test_speculative_costs_time_the_target_its_verification_and_the_draft():
+    target = scale.random_llama("cpu-small", dtype=torch.float32)
+    draft = scale.random_llama("cpu-tiny", dtype=torch.float32)
+    assert draft.config.vocab_size == target.config.vocab_size  # a draft must share the target's vocabulary
+    verify = scale.decode_step(target, batch=1, context=8, new_tokens=5)
+    assert verify().shape == (1, 5, target.config.vocab_size) and torch.equal(verify(), verify())
+    costs = scale.speculative_costs(target, draft, k=4, context=16, steps=2, rounds=2, repeat=2)
+    assert costs["c"] == pytest.approx(costs["draft_ms"] / costs["target_ms"])
+    assert costs["verify"] == pytest.approx(costs["verify_ms"] / costs["target_ms"])
+    assert all(costs[key] > 0 for key in ("target_ms", "verify_ms", "draft_ms"))
+    element = 4
+    fewest = [scale.decode_step_bytes(scale.weight_bytes(m), scale.kv_bytes_per_token(m.config, element), 1, 16)
+              for m in (draft, target)]
+    assert costs["bytes_ratio"] == pytest.approx(fewest[0] / fewest[1]) and 0 < costs["bytes_ratio"] < 0.5

@@ -1,6 +1,7 @@
 """Engine configurations a student chooses (validated before they reach vLLM's command line) and lab 03's
 deployment rules."""
 
+import dataclasses
 import json
 import os
 
@@ -77,8 +78,56 @@ def test_the_deployment_rules():
     with pytest.raises(ConfigError, match="without chunked prefill"):
         deployment.check(EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=256), model, "cpu")
     deployment.check(EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=512), model, "cpu")
-    for profile, slo in deployment.SLOS.items():
-        assert slo.kv_budget_bytes == deployment.KV_BUDGETS[profile] and slo.requests >= 2 * slo.rate_per_s
+    for name, slo in deployment.SLOS.items():
+        assert slo.kv_budget_bytes == deployment.KV_BUDGETS[name.split("-")[0]] and slo.requests >= 2 * slo.rate_per_s
+        # the sweep brackets the objective: a lower rate and one the server cannot keep up with
+        for smoke in (True, False):
+            rates = deployment.SWEEP_RATES[name][0 if smoke else 1]
+            assert rates == sorted(rates) and rates[0] < slo.rate_per_s < rates[-1]
+
+
+def test_a_cpu_without_avx512_gets_its_own_objective():
+    # vLLM's CPU build runs its AVX2 kernels there: the same objective would be out of reach for every configuration
+    assert deployment.objective("cpu", has_avx512=True) == "cpu"
+    assert deployment.objective("cpu", has_avx512=False) == "cpu-avx2"
+    assert deployment.objective("cuda", has_avx512=False) == "cuda"   # a GPU serves the 8B shape on any host CPU
+    slow, fast = deployment.SLOS["cpu-avx2"], deployment.SLOS["cpu"]
+    assert slow.rate_per_s < fast.rate_per_s and slow.ttft_ms > fast.ttft_ms and slow.tpot_ms > fast.tpot_ms
+    assert (slow.max_tokens, slow.kv_budget_bytes) == (fast.max_tokens, fast.kv_budget_bytes)  # same requests, same cache
+    assert deployment.slo("cpu") in (slow, fast) and deployment.sweep_rates("cuda", True) == [16, 64, 256]
+
+
+def test_without_avx512_the_slo_rate_is_a_share_of_the_measured_reference_capacity(monkeypatch):
+    # AVX2 machines differ too much in speed for one fixed rate: the rate comes from the machine's own capacity
+    monkeypatch.setattr("optcourse.core.hardware.has_avx512", lambda flags=None: False)
+    assert deployment.rate_from_capacity("cpu") and not deployment.rate_from_capacity("cuda")
+    measured = deployment.slo("cpu", 12.5)
+    assert measured.rate_per_s == deployment.RATE_SHARE["cpu-avx2"] * 12.5
+    assert dataclasses.replace(measured, rate_per_s=3.0) == deployment.slo("cpu") == deployment.SLOS["cpu-avx2"]
+    with pytest.raises(ValueError, match="positive"):
+        deployment.slo("cpu", 0.0)
+    monkeypatch.setattr("optcourse.core.hardware.has_avx512", lambda flags=None: True)
+    assert not deployment.rate_from_capacity("cpu") and deployment.slo("cpu", 12.5) == deployment.SLOS["cpu"]
+
+
+def test_capacity_is_the_median_closed_loop_rate_of_completed_requests(monkeypatch):
+    from types import SimpleNamespace
+
+    calls = []
+    rounds = iter([(10, 2.0), (12, 2.0), (9, 1.0)])   # (completed of 12, seconds): 5, 6, 9 requests/s
+
+    def fake_run_load(url, model, prompts, *, max_tokens, concurrency, num_requests, ignore_eos):
+        calls.append((concurrency, num_requests, max_tokens))
+        if len(calls) == 1:                               # the warm-up is not counted
+            return SimpleNamespace(results=[], duration_s=1.0)
+        ok, seconds = next(rounds)
+        return SimpleNamespace(results=[SimpleNamespace(ok=i < ok) for i in range(12)], duration_s=seconds)
+
+    monkeypatch.setattr(engine.loadgen, "run_load", fake_run_load)
+    server = SimpleNamespace(url="http://127.0.0.1:1", served_model_name="m")
+    got = engine.capacity("model", EngineConfig(max_num_seqs=16), ["p"], 32, common_args=[], default_kv_bytes=1,
+                          requests=12, server=server)
+    assert got == 6.0 and calls[1:] == [(12, 12, 32)] * 3, (got, calls)   # clients: max_num_seqs, at most requests
 
 
 def test_cuda_serves_the_8b_shape_with_random_weights_and_cpu_the_course_llama(tmp_path):

@@ -9,6 +9,7 @@ the warm-up pass, the fastest start vLLM has.
 import importlib.util
 import os
 import subprocess
+import statistics
 import time
 
 import pytest
@@ -110,6 +111,11 @@ def test_one_configuration_measured_under_an_slo_with_its_gauges_sampled(server)
     d = run.as_dict()
     assert d["preemptions"] == 0 and d["completed"] == 8 and d["config"]["max_num_seqs"] == 8
     assert server.healthy()                                             # a server passed in is left running
+    # the closed-loop capacity an AVX2 machine's SLO rate is set from: faster than one request at a time
+    cap = engine.capacity(LLM_DIR, engine.EngineConfig(max_num_seqs=8), ["import os", "def bar(x):"], 8,
+                          common_args=[], default_kv_bytes=1 << 24, server=server, requests=16, rounds=2)
+    c1 = statistics.median(r.e2e_s for r in run.load.results)
+    assert cap > 1 / c1 and server.healthy(), (cap, c1)
 
 
 def group_states(pgid: int) -> set[str]:

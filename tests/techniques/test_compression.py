@@ -123,6 +123,10 @@ def test_distillation_loss_is_zero_for_equal_logits_and_students_train():
     kd = compression.train_student(x, y, steps=3, batch_size=8, transfer_x=x, teacher_logits=torch.randn(40, 10))
     assert isinstance(plain, compression.StudentCNN) and not plain.training
     assert not torch.equal(plain.net[0].weight, kd.net[0].weight)  # the soft targets changed training
+    # paired by seed: with the soft targets weighted 0 the student sees the same labelled batches and ends the same
+    weightless = compression.train_student(x, y, steps=3, batch_size=8, transfer_x=x, teacher_logits=torch.randn(40, 10),
+                                           alpha=0.0)
+    assert torch.equal(plain.net[0].weight, weightless.net[0].weight)
 
 
 def test_nf4_roundtrip_copy_changes_only_the_named_layers():

@@ -57,6 +57,19 @@ def test_expected_speedup_formula():
     assert decoding.expected_speedup(0.0, 4, 0.0) == pytest.approx(1.0)
     assert decoding.expected_speedup(1.0, 4, 0.0) == pytest.approx(5.0)
     assert decoding.expected_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8 ** 5) / 0.2 / 1.4)
+    # a verification pass dearer than one decode step lowers the gain: the same tokens over more time
+    assert decoding.expected_speedup(0.8, 4, 0.1, verify=1.5) == pytest.approx((1 - 0.8 ** 5) / 0.2 / 1.9)
+
+
+@pytest.mark.parametrize("k,c,verify", [(4, 0.1, 1.0), (4, 0.5, 1.2), (2, 0.3, 1.0), (8, 0.05, 1.3)])
+def test_break_even_acceptance_is_where_speculation_stops_paying(k, c, verify):
+    alpha = decoding.break_even_acceptance(k, c, verify)
+    assert 0 < alpha < 1
+    assert decoding.expected_speedup(alpha, k, c, verify) == pytest.approx(1.0, abs=1e-6)
+    assert decoding.expected_speedup(alpha - 0.01, k, c, verify) < 1 < decoding.expected_speedup(alpha + 0.01, k, c, verify)
+    # a free draft with a one-step verification pays at any acceptance; a draft dearer than the whole gain never does
+    assert decoding.break_even_acceptance(4, 0.0) == pytest.approx(0.0, abs=1e-9)
+    assert decoding.break_even_acceptance(4, 1.0) == 1.0
 
 
 def test_speculative_sampling_preserves_target_distribution():
