@@ -32,9 +32,9 @@ KV_BUDGETS = {"cpu": 256 << 20, "cuda": 16 << 30}
 # 0.7 s over 40 requests, growing with the load's length): at 16 req/s for 80 requests batching and cache size decide.
 # cuda: an interactive chat objective (TTFT 200 ms, 25 ms per token: 40 tokens/s per user) for the 8B shape at
 # 32 req/s of 128 tokens (4096 tok/s offered; vLLM served 25k tok/s at batch 256 on one H200, 2026-11-30).
-# cpu-avx2: an x86 CPU without AVX-512, where vLLM's CPU build runs its AVX2 kernels (vllm.platforms.cpu), two to
-# three times slower, and AVX2 machines differ in speed by 2x more: no fixed rate separates a good configuration
-# from a bad one on all of them (at 3 req/s an engine of 2 sequences met the objective on 25 % of its requests on one
+# cpu-avx2: an x86 CPU without AVX-512, where vLLM's CPU build runs its AVX2 kernels (vllm.platforms.cpu): the
+# reference's open-loop peak fell from 452+ to 254 tok/s on one machine with them, and AVX2 machines themselves differ
+# about 2x in speed, so no fixed rate separates a good configuration from a bad one on all of them (at 3 req/s an engine of 2 sequences met the objective on 25 % of its requests on one
 # 2-core AMD EPYC and on 100 % on a faster one, where the reference's capacity is 12.5 req/s). So its rate is a share
 # (RATE_SHARE) of the reference's capacity measured on the machine itself (engine.capacity: a closed loop of 32
 # clients); SLOS holds the nominal rate. AVX2 kernels on a 2-core AMD EPYC (Zen 4, AVX-512 kept from vLLM and torch,
