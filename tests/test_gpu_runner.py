@@ -23,6 +23,36 @@ def test_gpu_runner_wheels_are_pinned_to_the_cpu_lock(repo_root):
     assert {n: cpu.get(n) for n in pins_} == pins_, "requirements/gpu-runner.txt must repeat requirements/cpu.lock's pins"
 
 
+def test_gpu_runner_wheels_carry_all_nbconvert_needs(repo_root):
+    """The runner installs its wheels with --no-deps, so everything nbconvert needs (with the extras it asks for) must be
+    in the list, except what a machine with torch, pandas and IPython has (the H200 image wrote its pages with exactly
+    this list: results/gpu/nvidia-h200/README.md)."""
+    import importlib.metadata as metadata
+
+    from packaging.requirements import Requirement
+
+    machine_has = {"jinja2", "markupsafe", "typing-extensions",  # torch's
+                   "python-dateutil", "tzdata", "six",  # pandas'
+                   "pygments", "packaging", "attrs"}  # IPython's, transformers', jsonschema's
+    listed = set(pins(repo_root / "requirements" / "gpu-runner.txt"))
+    missing, todo, seen = set(), [Requirement("nbconvert")], set()
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if (name, frozenset(req.extras)) in seen:
+            continue
+        seen.add((name, frozenset(req.extras)))
+        if name in machine_has:
+            continue
+        if name not in listed:
+            missing.add(name)
+        for spec in metadata.requires(name) or []:
+            dep = Requirement(spec)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in req.extras or {""}):
+                todo.append(dep)
+    assert not missing, f"requirements/gpu-runner.txt lacks {sorted(missing)} (nbconvert needs them)"
+
+
 def test_gpu_vllm_wheels_leave_the_machines_torch_alone(repo_root):
     """VLLM=1 scripts/gpu_wheels.sh: vLLM 0.26.0 (it pins torch 2.11, the lent machine's), its dependencies and Locust, none
     of the machine's own torch stack: the runner installs the folder with --no-deps, so a torch wheel here would
